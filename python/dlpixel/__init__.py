@@ -1,0 +1,3 @@
+"""dlpixel: deep-learning pixel classifiers for QuPath."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,372 @@
+"""Training and inference settings: the one place where defaults live.
+
+The CLI, the Groovy generator, the classifier metadata and the docs all read these models; none repeats a default.
+Keys are snake_case and match ``--set key=value`` (nested keys with dots: ``augment.color_jitter=true``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+BACKBONES: tuple[str, ...] = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "efficientnet-b0",
+    "efficientnet-b1",
+    "efficientnet-b2",
+    "efficientnet-lite0",
+    "mobilenet_v2",
+    "resnet50_lunit-swav",
+    "resnet50_lunit-bt",
+    "resnet50_kather100k",
+    "resnet50_tcga-brca",
+)
+"""Encoders a U-Net can be built on. ``efficientnet-lite0`` has its ImageNet weights in a Python package, so it
+is the one pretrained encoder that works with no download (the demo uses it)."""
+
+
+class Scheduler(str, Enum):
+    one_cycle = "one_cycle"
+    cosine = "cosine"
+    step = "step"
+    plateau = "plateau"
+    none = "none"
+
+
+class Loss(str, Enum):
+    ce_dice = "ce_dice"
+    ce = "ce"
+    dice = "dice"
+    focal = "focal"
+    focal_dice = "focal_dice"
+
+
+class EarlyStopMetric(str, Enum):
+    mean_iou = "mean_iou"
+    val_loss = "val_loss"
+
+
+class NormStrategy(str, Enum):
+    percentile_99 = "percentile_99"
+    min_max = "min_max"
+    z_score = "z_score"
+    fixed_range = "fixed_range"
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=True)
+
+
+class AugmentConfig(_Settings):
+    """Random transforms applied alike to a training tile and its labels (never to validation tiles)."""
+
+    hflip: bool = True
+    vflip: bool = True
+    rot90: bool = True
+    color_jitter: bool = False
+    elastic: bool = False
+
+
+class NormalizationConfig(_Settings):
+    """How pixel values are scaled before the model sees them."""
+
+    strategy: NormStrategy = NormStrategy.percentile_99
+    per_channel: bool = False
+    image_level: bool = True
+    """True: statistics computed once per image (from a downsampled read) and used for each of its tiles.
+    False: the training dataset's statistics, stored in the metadata, are used for every image."""
+    min: float | None = None
+    """Lower bound of ``fixed_range`` (required there, ignored otherwise)."""
+    max: float | None = None
+    """Upper bound of ``fixed_range`` (required there, ignored otherwise)."""
+
+    @model_validator(mode="after")
+    def _fixed_range_bounds(self) -> NormalizationConfig:
+        if self.strategy == NormStrategy.fixed_range.value:
+            if self.min is None or self.max is None:
+                raise ValueError("normalization.strategy=fixed_range needs normalization.min and normalization.max")
+            if not self.max > self.min:
+                raise ValueError("normalization.max must be greater than normalization.min")
+        return self
+
+
+Freeze = Union[Literal["auto", "none", "small", "medium", "large"], list[str]]
+
+
+class TrainingConfig(_Settings):
+    """Every setting of a training run. Defaults follow the training guide unless docs/PARAMETERS.md says why not."""
+
+    # classifier info
+    description: str = ""
+    # architecture
+    architecture: Literal["unet"] = "unet"
+    backbone: str = "resnet34"
+    pretrained: bool = True
+    freeze: Freeze = "auto"
+    """``auto`` picks ``small``/``medium``/``large`` from the number of training tiles (<500, 500-5000, >5000);
+    ``none`` trains every layer; a list names encoder blocks to freeze (``stem``, ``block1`` … ``block5``)."""
+    # data
+    tile_size: int = 512
+    downsample: float = 1.0
+    context_scale: int = 1
+    """1: the model sees the tile only. N > 1: it also sees N× the area around it, downsampled N× more, as extra
+    channels (the same channels again)."""
+    tile_overlap: float = 0.0
+    """Percent of a tile shared with its neighbours when tiles are sampled over the annotations (0-50)."""
+    line_stroke_width: float = 0.0
+    """Width in training pixels of line annotations in the label mask; 0 = QuPath's annotation stroke (5 px when
+    it is not known, as for a folder project)."""
+    validation_split: float = 0.2
+    # training parameters
+    epochs: int = 50
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    # strategy
+    scheduler: Scheduler = Scheduler.one_cycle
+    loss: Loss = Loss.ce_dice
+    early_stop_metric: EarlyStopMetric = EarlyStopMetric.mean_iou
+    early_stop_patience: int = 15
+    mixed_precision: bool = True
+    # augmentation
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    # channels and classes
+    channels: list[Union[int, str]] | None = None
+    """Channel names or 0-based indices, in the order the model sees them; None = every channel of the image."""
+    classes: list[str] | None = None
+    """Class names to train, in output order; None = every class found in the annotations (sorted by name)."""
+    class_weights: dict[str, float] = Field(default_factory=dict)
+    """Multipliers on top of the automatic inverse-pixel-frequency weights (>1 boosts a class)."""
+    normalization: NormalizationConfig = Field(default_factory=NormalizationConfig)
+    # reproducibility and hardware
+    seed: int = 42
+    num_workers: int = 0
+    """DataLoader worker processes; patches are cached in memory, so 0 is fastest on small CPU machines."""
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        if value not in BACKBONES:
+            raise ValueError(f"unknown backbone '{value}'; choose one of: {', '.join(BACKBONES)}")
+        return value
+
+    @field_validator("tile_size")
+    @classmethod
+    def _tile_size(cls, value: int) -> int:
+        if value < 32 or value % 32:
+            raise ValueError(f"tile_size must be a positive multiple of 32 (got {value}); try 256 or 512")
+        return value
+
+    @field_validator("downsample")
+    @classmethod
+    def _downsample(cls, value: float) -> float:
+        if value < 1:
+            raise ValueError(f"downsample must be at least 1 (got {value})")
+        return value
+
+    @field_validator("context_scale", "epochs", "batch_size")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"must be at least 1 (got {value})")
+        return value
+
+    @field_validator("tile_overlap")
+    @classmethod
+    def _overlap(cls, value: float) -> float:
+        if not 0 <= value <= 50:
+            raise ValueError(f"tile_overlap is a percentage from 0 to 50 (got {value})")
+        return value
+
+    @field_validator("validation_split")
+    @classmethod
+    def _split(cls, value: float) -> float:
+        if not 0 < value < 1:
+            raise ValueError(f"validation_split is a fraction between 0 and 1 (got {value}); 0.2 is typical")
+        return value
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _lr(cls, value: float) -> float:
+        if not value > 0:
+            raise ValueError(f"learning_rate must be positive (got {value})")
+        return value
+
+    @field_validator("early_stop_patience", "num_workers")
+    @classmethod
+    def _non_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"must be 0 or more (got {value})")
+        return value
+
+    @field_validator("line_stroke_width")
+    @classmethod
+    def _stroke(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError(f"line_stroke_width must be 0 (QuPath's stroke) or more (got {value})")
+        return value
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if len(value) < 2:
+                raise ValueError("at least two classes are needed to train a pixel classifier")
+            if len(set(value)) != len(value):
+                raise ValueError(f"classes are listed twice: {value}")
+        return value
+
+    @field_validator("class_weights")
+    @classmethod
+    def _weights(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, weight in value.items():
+            if not weight > 0:
+                raise ValueError(f"class weight of '{name}' must be positive (got {weight})")
+        return value
+
+    @field_validator("freeze")
+    @classmethod
+    def _freeze(cls, value: Freeze) -> Freeze:
+        if isinstance(value, list):
+            from .models.factory import ENCODER_BLOCKS
+
+            unknown = [b for b in value if b not in ENCODER_BLOCKS]
+            if unknown:
+                raise ValueError(f"unknown encoder blocks {unknown}; choose from {list(ENCODER_BLOCKS)}")
+        return value
+
+
+class InferenceConfig(_Settings):
+    """Settings of ``dlpixel apply``; a None takes the classifier's own value."""
+
+    output: Literal["measurements", "objects", "map", "probabilities"] = "measurements"
+    scope: Literal["annotations", "selected", "image"] = "annotations"
+    """Where to compute: every classified or unclassified annotation, the selected ones (QuPath only), or the
+    whole image."""
+    tile_size: int | None = None
+    overlap: int | None = None
+    """Pixels (at the classifier's resolution) shared by neighbouring tiles and blended; None = a quarter tile."""
+    batch_size: int = 8
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    backend: Literal["auto", "torch", "onnx"] = "auto"
+    reader_threads: int = 2
+    object_type: Literal["detection", "annotation"] = "detection"
+    min_object_area: float = 0.0
+    """Smallest object kept, in µm² when the image is calibrated, else px²."""
+    min_hole_area: float = 0.0
+    """Smallest hole kept inside an object, in µm² when calibrated, else px²."""
+    simplify: float = 0.0
+    """Polygon simplification tolerance in full-resolution pixels (0 = exact pixel outlines)."""
+
+    @field_validator("tile_size")
+    @classmethod
+    def _tile_size(cls, value: int | None) -> int | None:
+        if value is not None and (value < 32 or value % 32):
+            raise ValueError(f"tile_size must be a positive multiple of 32 (got {value})")
+        return value
+
+    @field_validator("batch_size", "reader_threads")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"must be at least 1 (got {value})")
+        return value
+
+
+def format_validation_error(err: ValidationError, prefix: str = "") -> str:
+    """One line per problem, naming the setting as ``--set`` spells it."""
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"] if not isinstance(p, int) or len(e["loc"]) == 1)
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown setting (see `dlpixel train --help-settings` or docs/PARAMETERS.md)"
+        parts.append(f"{prefix}{key}: {msg}" if key else f"{prefix}{msg}")
+    return "; ".join(parts)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        if "," in text:
+            return [_parse_value(t.strip()) for t in text.split(",") if t.strip()]
+        return text
+
+
+def set_nested(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``data['a']['b'] = value`` for key ``a.b``."""
+    *path, last = key.split(".")
+    node = data
+    for part in path:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"setting '{key}': '{part}' is not a group of settings")
+    node[last] = value
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn ``["epochs=10", "augment.elastic=true", "classes=Tumor,Stroma"]`` into a nested dict."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value, got '{pair}'")
+        key, text = pair.split("=", 1)
+        set_nested(out, key.strip(), _parse_value(text.strip()))
+    return out
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def build_config(model: type[BaseModel], *layers: dict[str, Any], source: str = "") -> Any:
+    """Validate the merged layers (later ones win) into ``model``, raising a one-line ``ConfigError``."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = deep_merge(merged, layer)
+    try:
+        return model.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, prefix=f"{source}: " if source else "")) from None
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON settings file (a flat or nested object of setting keys)."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"settings file not found: {p}") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"settings file {p} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"settings file {p} must hold a JSON object of settings")
+    nested: dict[str, Any] = {}
+    for key, value in data.items():
+        set_nested(nested, key, value)
+    return nested
+
+
+def validate_name(name: str) -> str:
+    if not name or not NAME_PATTERN.match(name):
+        raise ConfigError(f"classifier name '{name}' may use only letters, digits, '_' and '-'")
+    return name

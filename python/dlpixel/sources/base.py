@@ -1,0 +1,103 @@
+"""What every image source and project offers the rest of dlpixel (QuPath projects and folder projects alike)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+import shapely
+
+ShapeKind = Literal["area", "line", "point"]
+
+
+@runtime_checkable
+class ImageSource(Protocol):
+    """A 2D image (one z-slice and timepoint) that can be read region by region at any downsample."""
+
+    name: str
+    width: int
+    """Full-resolution width in pixels."""
+    height: int
+    channel_names: list[str]
+    dtype: np.dtype
+    pixel_size_um: float | None
+    """Full-resolution pixel size in µm (None when the image is not calibrated)."""
+    downsamples: tuple[float, ...]
+    """Downsamples of the stored pyramid levels, 1.0 first."""
+
+    @property
+    def n_channels(self) -> int: ...
+
+    def read_region(self, downsample: float, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """Pixels of the full-resolution rectangle (x, y, w, h) at ``downsample``, shape
+        ``(round(h / downsample), round(w / downsample), C)`` in the image's dtype. Parts outside the image are 0."""
+        ...
+
+
+def region_shape(downsample: float, w: int, h: int) -> tuple[int, int]:
+    """Output (rows, cols) of ``read_region`` for a request of w × h full-resolution pixels."""
+    return max(1, int(round(h / downsample))), max(1, int(round(w / downsample)))
+
+
+@dataclass(frozen=True)
+class LabelShape:
+    """An annotation as the rest of the package sees it: a class name (None = unclassified) and a shapely geometry
+    in full-resolution pixel coordinates."""
+
+    class_name: str | None
+    geometry: shapely.Geometry
+    kind: ShapeKind
+    color: tuple[int, int, int] | None = None
+    id: str | None = None
+    name: str | None = None
+    measurements: dict[str, float] = field(default_factory=dict, compare=False, hash=False)
+
+    @staticmethod
+    def kind_of(geometry: shapely.Geometry) -> ShapeKind:
+        gtype = geometry.geom_type
+        if gtype in ("Polygon", "MultiPolygon"):
+            return "area"
+        if gtype in ("LineString", "MultiLineString", "LinearRing"):
+            return "line"
+        if gtype in ("Point", "MultiPoint"):
+            return "point"
+        if gtype == "GeometryCollection":
+            kinds = {LabelShape.kind_of(g) for g in geometry.geoms}
+            return "area" if "area" in kinds else ("line" if "line" in kinds else "point")
+        raise ValueError(f"unsupported geometry type {gtype}")
+
+
+class ProjectImage(Protocol):
+    """One image of a project, with its annotations."""
+
+    name: str
+
+    def open(self) -> ImageSource: ...
+
+    def annotations(self) -> list[LabelShape]:
+        """Every annotation of the image, classified or not."""
+        ...
+
+
+class Project(Protocol):
+    """A set of images with annotations and a folder that holds ``classifiers/dl/``."""
+
+    root: Path
+    """The folder that holds ``classifiers/`` (and ``results/`` for folder projects)."""
+
+    def images(self) -> list[ProjectImage]: ...
+
+    def class_colors(self) -> dict[str, tuple[int, int, int]]:
+        """Colours of the project's classes, where known."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class ResultSink:
+    """Where ``apply`` writes what it computed for one image; implemented by each project kind."""
+
+    extra: dict[str, Any] = field(default_factory=dict)
