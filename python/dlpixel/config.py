@@ -18,6 +18,9 @@ from .errors import ConfigError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
 
+ENCODER_BLOCKS: tuple[str, ...] = ("stem", "block1", "block2", "block3", "block4", "block5")
+"""Encoder stages that ``freeze`` can name, from the input convolution (``stem``) to the deepest block."""
+
 BACKBONES: tuple[str, ...] = (
     "resnet18",
     "resnet34",
@@ -240,8 +243,6 @@ class TrainingConfig(_Settings):
     @classmethod
     def _freeze(cls, value: Freeze) -> Freeze:
         if isinstance(value, list):
-            from .models.factory import ENCODER_BLOCKS
-
             unknown = [b for b in value if b not in ENCODER_BLOCKS]
             if unknown:
                 raise ValueError(f"unknown encoder blocks {unknown}; choose from {list(ENCODER_BLOCKS)}")
