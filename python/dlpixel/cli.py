@@ -1,0 +1,270 @@
+"""The ``dlpixel`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__, store
+from .config import TrainingConfig, build_config, load_config_file, parse_overrides
+from .errors import Cancelled, ConfigError, DlpixelError
+from .training.events import CancelToken
+
+
+def _listener(args: argparse.Namespace) -> Any:
+    from .progress import make_listener
+
+    mode = "jsonl" if getattr(args, "events", None) == "jsonl" else ("quiet" if getattr(args, "quiet", False)
+                                                                     else "bars")
+    return make_listener(mode)
+
+
+def _cancel_on_sigint() -> CancelToken:
+    """The first Ctrl-C asks the run to stop cleanly; a second one stops at once."""
+    token = CancelToken()
+
+    def handler(signum: int, frame: Any) -> None:
+        if token.cancelled:
+            raise KeyboardInterrupt
+        token.cancel()
+        print("\nstopping… (Ctrl-C again to stop at once)", file=sys.stderr)
+
+    signal.signal(signal.SIGINT, handler)
+    return token
+
+
+def _add_progress_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="print warnings and the result only")
+    p.add_argument("--events", choices=["bars", "jsonl"], default="bars",
+                   help="progress as bars (default) or one JSON object per line on stdout")
+
+
+def _add_project(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--project", required=required,
+                   help="QuPath project (project.qpproj or its folder) or a folder of images with GeoJSON")
+    p.add_argument("--qupath", help="QuPath installation or folder of jars (default: $QUPATH_HOME, then a search)")
+
+
+def training_settings(args: argparse.Namespace, project_root: Path | None) -> tuple[TrainingConfig, str | None]:
+    """Settings from ``--from-model``, then ``--config``, then ``--set`` (later wins); and the default name."""
+    layers: list[dict[str, Any]] = []
+    default_name = None
+    if getattr(args, "from_model", None):
+        if project_root is None:
+            raise ConfigError("--from-model needs --project")
+        layers.append(store.load_settings(project_root, args.from_model))
+        default_name = store.retrain_name(args.from_model)
+    if getattr(args, "config", None):
+        layers.append(load_config_file(args.config))
+    layers.append(parse_overrides(getattr(args, "set", None) or []))
+    return build_config(TrainingConfig, *layers, source="settings"), default_name
+
+
+def project_root_of(path: str) -> Path:
+    from .projects import is_qupath_project
+
+    p = Path(path).expanduser()
+    if is_qupath_project(p):
+        return p.parent if p.suffix == ".qpproj" else p
+    return p
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .projects import open_project
+    from .training.run import train_classifier
+
+    if args.help_settings:
+        print(settings_help())
+        return 0
+    if not args.project:
+        raise ConfigError("--project is required")
+    cfg, default_name = training_settings(args, project_root_of(args.project))
+    name = args.name or default_name
+    if not name:
+        raise ConfigError("--name is required (letters, digits, '_' and '-')")
+    listener = _listener(args)
+    cancel = _cancel_on_sigint()
+    project = open_project(args.project, qupath_dir=args.qupath)
+    try:
+        entry = train_classifier(project, name, cfg, args.image or None, overwrite=args.overwrite,
+                                 listeners=[listener], cancel=cancel)
+    finally:
+        getattr(listener, "close", lambda: None)()
+        project.close()
+    if args.events == "jsonl":
+        return 0
+    _print_result(entry)
+    return 0
+
+
+def _print_result(entry: store.ClassifierEntry) -> None:
+    meta = entry.metadata
+    r = meta.results
+    print(f"classifier '{entry.name}' saved to {entry.path}")
+    if r:
+        ious = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a" for k, v in r.per_class_iou.items())
+        print(f"validation mean IoU {r.mean_iou:.3f} at epoch {r.best_epoch}/{r.epochs_run} ({ious})")
+
+
+def settings_help() -> str:
+    """Every training setting with its default and meaning, from the settings model itself."""
+    lines = ["Training settings (--set key=value; nested keys with dots):"]
+
+    def walk(model: type, prefix: str, defaults: Any) -> None:
+        for key, field in model.model_fields.items():
+            value = getattr(defaults, key)
+            sub = getattr(field.annotation, "model_fields", None)
+            if sub is not None:
+                walk(field.annotation, f"{prefix}{key}.", value)
+                continue
+            shown = json.dumps(value.value if hasattr(value, "value") else value, default=str)
+            doc = (field.description or "").split("\n")[0]
+            lines.append(f"  {prefix}{key} = {shown}" + (f"    {doc}" if doc else ""))
+
+    walk(TrainingConfig, "", TrainingConfig())
+    return "\n".join(lines)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    root = project_root_of(args.project)
+    if args.action == "list":
+        entries = store.list_classifiers(root)
+        if not entries:
+            print(f"no classifiers in {store.classifiers_dir(root)}")
+        for e in entries:
+            r = e.metadata.results
+            miou = f"{r.mean_iou:.3f}" if r else "-"
+            print(f"{e.name:32s} {e.metadata.created:25s} {e.metadata.backbone or e.metadata.architecture:20s} "
+                  f"mIoU {miou}  classes {', '.join(e.metadata.class_names)}")
+        return 0
+    if not args.name:
+        raise ConfigError(f"`dlpixel models {args.action}` needs a classifier NAME")
+    if args.action == "show":
+        entry = store.load_classifier(root, args.name)
+        print(entry.metadata.model_dump_json(indent=2))
+        return 0
+    if args.action == "delete":
+        print(f"deleted {store.delete_classifier(root, args.name)}")
+        return 0
+    if args.action == "export":
+        out = Path(args.file or f"{args.name}.zip")
+        print(f"exported to {store.export_classifier(root, args.name, out)}")
+        return 0
+    if args.action == "import":
+        if not args.file:
+            raise ConfigError("`dlpixel models import` needs --file ZIP")
+        print(f"imported to {store.import_classifier(root, Path(args.file), args.name, args.overwrite)}")
+        return 0
+    raise ConfigError(f"unknown models action {args.action}")
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    """Run one JSON request (from a file or stdin); with ``--events jsonl`` the reply is the last line."""
+    from .requests import handle_request
+
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    try:
+        request = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"the request is not valid JSON: {err}") from None
+    listener = _listener(args)
+    cancel = _cancel_on_sigint()
+    try:
+        result = handle_request(request, {}, [listener], cancel)
+    except DlpixelError as err:
+        getattr(listener, "close", lambda: None)()
+        print(json.dumps({"event": "result", "ok": False, "error": str(err)}), flush=True)
+        return 2
+    getattr(listener, "close", lambda: None)()
+    print(json.dumps({"event": "result", "ok": True, "result": result}, default=str), flush=True)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.out), epochs=args.epochs, listener=_listener(args), cancel=_cancel_on_sigint())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dlpixel", description="Deep-learning pixel classifiers for QuPath: train, apply, script.")
+    parser.add_argument("--version", action="version", version=f"dlpixel {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="train (and apply) a classifier on a bundled sample image; no QuPath needed")
+    p.add_argument("--out", default="dlpixel-demo", help="folder for the demo project and its results")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's own)")
+    _add_progress_flags(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train a pixel classifier on a project's annotations")
+    _add_project(p, required=False)
+    p.add_argument("--name", help="classifier name (letters, digits, '_' and '-')")
+    p.add_argument("--image", action="append", help="image to train on (repeat; default: every annotated image)")
+    p.add_argument("--config", help="JSON file of settings")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="one setting (repeat), e.g. epochs=20")
+    p.add_argument("--from-model", help="start from every setting of this classifier")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing classifier of the same name")
+    p.add_argument("--help-settings", action="store_true", help="list every setting with its default")
+    _add_progress_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("models", help="list, show, delete, export or import classifiers")
+    p.add_argument("action", choices=["list", "show", "delete", "export", "import"])
+    p.add_argument("name", nargs="?")
+    _add_project(p)
+    p.add_argument("--file", help="zip file for export/import")
+    p.add_argument("--overwrite", action="store_true", help="import over an existing classifier")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("request", help="run one JSON request (used by QuPath's Groovy helper)")
+    p.add_argument("file", nargs="?", default="-", help="request file, or - for stdin")
+    _add_progress_flags(p)
+    p.set_defaults(func=cmd_request)
+
+    for module in ("dlpixel.inference.cli", "dlpixel.scripting", "dlpixel.qupath.cli", "dlpixel.bench"):
+        _register(sub, module)
+    return parser
+
+
+def _register(sub: Any, module: str) -> None:
+    """Add the subcommands a module offers through its ``register_cli(subparsers)``."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name and module.startswith(err.name):
+            return
+        raise
+    mod.register_cli(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except Cancelled as err:
+        print(f"cancelled: {err}", file=sys.stderr)
+        return 130
+    except DlpixelError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

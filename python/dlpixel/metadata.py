@@ -1,0 +1,137 @@
+"""The classifier's ``metadata.json``: the single source of truth about a trained classifier (versioned)."""
+
+from __future__ import annotations
+
+import json
+import platform
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .config import TrainingConfig
+from .errors import ClassifierError
+from .preprocessing import Preprocessing
+
+SCHEMA_VERSION = 1
+
+
+class ClassInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    index: int
+    name: str
+    color: tuple[int, int, int]
+
+
+class Results(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    mean_iou: float
+    per_class_iou: dict[str, float | None]
+    """IoU per class on validation pixels; None for a class with no validation pixels."""
+    pixel_accuracy: float
+    train_loss: float
+    val_loss: float
+    confusion: list[list[int]] = Field(default_factory=list)
+    """Validation pixel counts at the best epoch, rows = truth, columns = prediction."""
+    seconds: float = 0.0
+    device: str = "cpu"
+    precision: str = "float32"
+
+
+class WeightProvenanceInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    source: str
+    url: str | None = None
+    sha256: str | None = None
+    licence: str | None = None
+
+
+class ClassifierMetadata(BaseModel):
+    """What a classifier is, how it was trained, and how to feed it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    description: str = ""
+    created: str = Field(default_factory=lambda: datetime.now().astimezone().isoformat(timespec="seconds"))
+    architecture: Literal["unet", "custom_onnx"] = "unet"
+    backbone: str | None = None
+    input_channels: list[str]
+    """Names of the model's input channels in order (context channels are the same names again)."""
+    classes: list[ClassInfo]
+    tile_size: int
+    downsample: float
+    context_scale: int = 1
+    pixel_size_um: float | None = None
+    """Size of a pixel at the classifier's resolution (full-resolution size × downsample); None if uncalibrated."""
+    preprocessing: Preprocessing
+    output: Literal["logits", "probabilities"] = "logits"
+    """What the model returns per class."""
+    training: TrainingConfig | None = None
+    """Every training setting, resolved (None for an imported ONNX model)."""
+    images: list[str] = Field(default_factory=list)
+    split: dict[str, Any] = Field(default_factory=dict)
+    labelled_pixels: dict[str, dict[str, int]] = Field(default_factory=dict)
+    """Labelled pixels per class in ``train`` and ``val``."""
+    class_weights: dict[str, float] = Field(default_factory=dict)
+    frozen_blocks: list[str] = Field(default_factory=list)
+    results: Results | None = None
+    weights: WeightProvenanceInfo | None = None
+    software: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    def write(self, path: Path) -> None:
+        path.write_text(self.model_dump_json(indent=2) + "\n")
+
+    @classmethod
+    def read(cls, path: Path) -> ClassifierMetadata:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ClassifierError(f"{path} is missing: this folder is not a dlpixel classifier") from None
+        except json.JSONDecodeError as err:
+            raise ClassifierError(f"{path} is not valid JSON ({err}); restore it or delete the classifier") from None
+        data = migrate(data, path)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ClassifierError(f"{path}: {where}: {first['msg']}") from None
+
+
+def migrate(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Bring older metadata up to ``SCHEMA_VERSION``; refuse metadata from a newer dlpixel."""
+    version = data.get("schema_version", 0)
+    if version > SCHEMA_VERSION:
+        raise ClassifierError(
+            f"{path} was written by a newer dlpixel (schema {version}, this one reads up to {SCHEMA_VERSION}); "
+            "upgrade dlpixel"
+        )
+    if version < 1:
+        data = {**data, "schema_version": 1}
+    return data
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of the software that produced a classifier."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("dlpixel", "torch", "segmentation-models-pytorch", "timm", "onnx", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out

@@ -1,0 +1,344 @@
+"""Training data from sparse annotations: label rasterisation, tile sampling, a leak-free split, the patch cache.
+
+Label masks hold class indices with 255 for unlabelled pixels. A pixel belongs to a shape when its centre lies
+inside it. Where shapes overlap, the smaller one wins: areas are drawn from the largest to the smallest, then lines
+(longest first), then points, so a small region or a stroke drawn inside a large region keeps its own class.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import shapely
+from shapely.strtree import STRtree
+
+from .errors import ConfigError, DataError
+from .preprocessing import ChannelStats, Preprocessing, read_tile, tile_footprint
+from .sources.base import ImageSource, LabelShape
+
+UNLABELLED = 255
+DEFAULT_STROKE_PX = 5.0
+"""Stroke width (training pixels) of line annotations when QuPath's own stroke thickness is not known."""
+_SHIFT = 8
+
+
+def _to_pixels(coords: np.ndarray, x0: float, y0: float, ds: float) -> np.ndarray:
+    """Full-resolution coordinates to cv2's fixed-point pixel-centre coordinates of the output raster."""
+    return np.round(((coords - (x0, y0)) / ds - 0.5) * (1 << _SHIFT)).astype(np.int32)
+
+
+def _shape_order(shape: LabelShape) -> tuple[int, float]:
+    geom = shape.geometry
+    if shape.kind == "area":
+        return (0, -geom.area)
+    if shape.kind == "line":
+        return (1, -geom.length)
+    return (2, 0.0)
+
+
+def _parts(geom: shapely.Geometry) -> list[shapely.Geometry]:
+    return list(geom.geoms) if hasattr(geom, "geoms") else [geom]
+
+
+def rasterize_labels(
+    shapes: Sequence[LabelShape],
+    class_index: dict[str, int],
+    x0: float,
+    y0: float,
+    downsample: float,
+    size: tuple[int, int],
+    stroke_width: float = DEFAULT_STROKE_PX,
+) -> np.ndarray:
+    """Mask (rows, cols) uint8 of the full-resolution window starting at (x0, y0) sampled at ``downsample``."""
+    rows, cols = size
+    mask = np.full((rows, cols), UNLABELLED, np.uint8)
+    thickness = max(1, int(round(stroke_width)))
+    for shape in sorted((s for s in shapes if s.class_name in class_index), key=_shape_order):
+        value = class_index[shape.class_name]  # type: ignore[index]
+        for part in _parts(shape.geometry):
+            if part.is_empty:
+                continue
+            if part.geom_type == "Polygon":
+                inside = np.zeros((rows, cols), np.uint8)
+                cv2.fillPoly(inside, [_to_pixels(np.asarray(part.exterior.coords), x0, y0, downsample)], 1,
+                             lineType=cv2.LINE_8, shift=_SHIFT)
+                holes = [_to_pixels(np.asarray(r.coords), x0, y0, downsample) for r in part.interiors]
+                if holes:
+                    cv2.fillPoly(inside, holes, 0, lineType=cv2.LINE_8, shift=_SHIFT)
+                mask[inside.astype(bool)] = value
+            elif part.geom_type in ("LineString", "LinearRing"):
+                pts = _to_pixels(np.asarray(part.coords), x0, y0, downsample)
+                cv2.polylines(mask, [pts], False, int(value), thickness=thickness, lineType=cv2.LINE_8, shift=_SHIFT)
+            elif part.geom_type == "Point":
+                centre = _to_pixels(np.asarray(part.coords), x0, y0, downsample)[0]
+                cv2.circle(mask, (int(centre[0]), int(centre[1])), max(1, thickness // 2) << _SHIFT, int(value), -1,
+                           lineType=cv2.LINE_8, shift=_SHIFT)
+    return mask
+
+
+@dataclass(frozen=True)
+class TileRef:
+    """A training tile: image index and full-resolution top-left corner."""
+
+    image: int
+    x: int
+    y: int
+
+
+def _positions(length: int, extent: int, stride: int) -> list[int]:
+    """Grid positions along one axis; the last tile is shifted inside the image instead of padding."""
+    if length <= extent:
+        return [0]
+    last = length - extent
+    pos = list(range(0, last + 1, stride))
+    if pos[-1] != last:
+        pos.append(last)
+    return pos
+
+
+def sample_tiles(
+    image_index: int,
+    source: ImageSource,
+    shapes: Sequence[LabelShape],
+    tile_size: int,
+    downsample: float,
+    overlap_percent: float,
+    stroke_width: float,
+) -> list[TileRef]:
+    """Grid tiles that touch a labelled shape (a shape's outline buffered by half a stroke)."""
+    extent = int(round(tile_size * downsample))
+    stride = max(1, int(round(extent * (1 - overlap_percent / 100.0))))
+    geoms = [s.geometry if s.kind == "area" else s.geometry.buffer(max(stroke_width, 1) * downsample / 2)
+             for s in shapes]
+    if not geoms:
+        return []
+    tree = STRtree(geoms)
+    out = []
+    for y in _positions(source.height, extent, stride):
+        for x in _positions(source.width, extent, stride):
+            if len(tree.query(shapely.box(x, y, x + extent, y + extent), predicate="intersects")):
+                out.append(TileRef(image_index, x, y))
+    return out
+
+
+@dataclass
+class Split:
+    """Which tiles train and which validate, and how that was decided (recorded in the metadata)."""
+
+    train: list[int]
+    val: list[int]
+    method: str
+    val_images: list[str] = field(default_factory=list)
+    val_blocks: list[list[int]] = field(default_factory=list)
+    """Validation blocks as [image index, x0, y0, x1, y1] in full-resolution pixels."""
+    dropped: int = 0
+    """Training tiles left out because their input would overlap a validation tile's."""
+    warnings: list[str] = field(default_factory=list)
+
+    def record(self) -> dict:
+        return {
+            "method": self.method,
+            "train_tiles": len(self.train),
+            "val_tiles": len(self.val),
+            "val_images": self.val_images,
+            "val_blocks": self.val_blocks,
+            "dropped_train_tiles": self.dropped,
+            "warnings": self.warnings,
+        }
+
+
+def _class_presence(counts: np.ndarray) -> np.ndarray:
+    return counts > 0
+
+
+def split_tiles(
+    tiles: Sequence[TileRef],
+    tile_counts: np.ndarray,
+    image_names: Sequence[str],
+    fraction: float,
+    tile_size: int,
+    downsample: float,
+    context_scale: int,
+    seed: int,
+) -> Split:
+    """Split tiles into training and validation so that no input pixel is shared between the two sides.
+
+    ``tile_counts`` (n_tiles, n_classes) holds labelled pixels per class. Whole images go to validation when that
+    leaves every class on both sides; otherwise square blocks inside the images do, chosen to put every class into
+    validation where possible. Training tiles whose input (context included) overlaps a validation tile's are
+    dropped.
+    """
+    n_classes = tile_counts.shape[1]
+    by_image: dict[int, list[int]] = {}
+    for i, t in enumerate(tiles):
+        by_image.setdefault(t.image, []).append(i)
+    per_image = {im: tile_counts[idx].sum(0) for im, idx in by_image.items()}
+    total = tile_counts.sum(0)
+
+    images = sorted(by_image)
+    best: tuple[float, tuple[int, ...]] | None = None
+    if len(images) >= 2 and len(images) <= 16:
+        for k in range(1, len(images)):
+            for combo in itertools.combinations(images, k):
+                val = sum(per_image[i] for i in combo)
+                train = total - val
+                if not (_class_presence(val).all() and _class_presence(train).all()):
+                    continue
+                share = val.sum() / max(total.sum(), 1)
+                score = abs(share - fraction)
+                if share <= 0.5 and (best is None or score < best[0]):
+                    best = (score, combo)
+    if best is not None:
+        val_images = set(best[1])
+        val = [i for i, t in enumerate(tiles) if t.image in val_images]
+        train = [i for i, t in enumerate(tiles) if t.image not in val_images]
+        return Split(train, val, "by_image", val_images=[image_names[i] for i in sorted(val_images)])
+    return _split_by_blocks(tiles, tile_counts, fraction, tile_size, downsample, context_scale, seed, n_classes)
+
+
+def _split_by_blocks(
+    tiles: Sequence[TileRef],
+    tile_counts: np.ndarray,
+    fraction: float,
+    tile_size: int,
+    downsample: float,
+    context_scale: int,
+    seed: int,
+    n_classes: int,
+) -> Split:
+    extent = int(round(tile_size * downsample))
+    block = 2 * extent
+    blocks: dict[tuple[int, int, int], list[int]] = {}
+    for i, t in enumerate(tiles):
+        cx, cy = t.x + extent // 2, t.y + extent // 2
+        blocks.setdefault((t.image, cx // block, cy // block), []).append(i)
+    keys = sorted(blocks)
+    if len(keys) < 2:
+        raise DataError(
+            "the annotations fit in a single validation block, so no leak-free validation split exists; "
+            "annotate a larger area or a second image, or use a smaller tile_size"
+        )
+    rng = np.random.default_rng(seed)
+    rng.shuffle(keys)
+    counts = {k: tile_counts[blocks[k]].sum(0) for k in keys}
+    total = tile_counts.sum(0)
+    target = fraction * total.sum()
+    val_keys: list[tuple[int, int, int]] = []
+    val_counts = np.zeros(n_classes, np.int64)
+    # Rarest classes first: give each a block that holds it, as long as training keeps some of it.
+    for c in np.argsort(total):
+        if val_counts[c] > 0 or total[c] == 0:
+            continue
+        for k in sorted((k for k in keys if k not in val_keys and counts[k][c] > 0),
+                        key=lambda k: counts[k].sum()):
+            if (total - val_counts - counts[k])[c] > 0 and val_counts.sum() + counts[k].sum() <= max(target, 1) * 2:
+                val_keys.append(k)
+                val_counts += counts[k]
+                break
+    for k in keys:
+        if val_counts.sum() >= target or len(val_keys) >= len(keys) - 1:
+            break
+        if k not in val_keys:
+            val_keys.append(k)
+            val_counts += counts[k]
+    if not val_keys:
+        val_keys.append(keys[0])
+        val_counts += counts[keys[0]]
+    val = sorted(i for k in val_keys for i in blocks[k])
+    val_set = set(val)
+    footprints = [tile_footprint(downsample, context_scale, tiles[i].x, tiles[i].y, tile_size) for i in val]
+    trees: dict[int, STRtree] = {}
+    for im in {tiles[i].image for i in val}:
+        trees[im] = STRtree([shapely.box(*footprints[j]) for j, i in enumerate(val) if tiles[i].image == im])
+    train, dropped = [], 0
+    for i, t in enumerate(tiles):
+        if i in val_set:
+            continue
+        tree = trees.get(t.image)
+        box = shapely.box(*tile_footprint(downsample, context_scale, t.x, t.y, tile_size))
+        # Touching edges share no pixel; only a positive-area overlap is a leak.
+        if tree is not None and any(tree.geometries[j].intersection(box).area > 0 for j in tree.query(box)):
+            dropped += 1
+            continue
+        train.append(i)
+    warnings = []
+    missing = [c for c in range(n_classes) if val_counts[c] == 0]
+    if missing:
+        warnings.append(f"classes {missing} have no labelled pixels in validation")
+    train_counts = tile_counts[train].sum(0) if train else np.zeros(n_classes)
+    if (train_counts == 0).any():
+        warnings.append(f"classes {[c for c in range(n_classes) if train_counts[c] == 0]} have no training pixels")
+    if not train:
+        raise DataError("no training tiles are left after setting validation blocks aside; annotate more area")
+    val_blocks = [[k[0], k[1] * block, k[2] * block, (k[1] + 1) * block, (k[2] + 1) * block] for k in sorted(val_keys)]
+    return Split(train, val, "by_blocks", val_blocks=val_blocks, dropped=dropped, warnings=warnings)
+
+
+class PatchCache:
+    """Model inputs and label masks of every tile, extracted once (in memory)."""
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, tiles: list[TileRef]):
+        self.images = images
+        self.masks = masks
+        self.tiles = tiles
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def class_counts(self, indices: Sequence[int], n_classes: int) -> np.ndarray:
+        """Labelled pixels per class over the given tiles."""
+        counts = np.zeros(n_classes, np.int64)
+        for i in indices:
+            counts += np.bincount(self.masks[i].reshape(-1), minlength=256)[:n_classes]
+        return counts
+
+
+def extract_patches(
+    sources: Sequence[ImageSource],
+    shapes_per_image: Sequence[Sequence[LabelShape]],
+    stats_per_image: Sequence[ChannelStats],
+    pre: Preprocessing,
+    class_index: dict[str, int],
+    tile_size: int,
+    downsample: float,
+    overlap_percent: float,
+    stroke_width: float,
+    progress: Callable[[int, int], None] | None = None,
+) -> PatchCache:
+    """Sample tiles over every image's labels and read each tile's input and mask once; unlabelled tiles go."""
+    candidates: list[TileRef] = []
+    for i, (src, shapes) in enumerate(zip(sources, shapes_per_image)):
+        labelled = [s for s in shapes if s.class_name in class_index]
+        candidates += sample_tiles(i, src, labelled, tile_size, downsample, overlap_percent, stroke_width)
+    n_in = pre.n_inputs
+    images = np.empty((len(candidates), n_in, tile_size, tile_size), np.float32)
+    masks = np.empty((len(candidates), tile_size, tile_size), np.uint8)
+    kept: list[TileRef] = []
+    for n, t in enumerate(candidates):
+        mask = rasterize_labels(shapes_per_image[t.image], class_index, t.x, t.y, downsample,
+                                (tile_size, tile_size), stroke_width)
+        if (mask != UNLABELLED).any():
+            tile = read_tile(sources[t.image], pre, stats_per_image[t.image], downsample, t.x, t.y, tile_size)
+            images[len(kept)] = tile.transpose(2, 0, 1)
+            masks[len(kept)] = mask
+            kept.append(t)
+        if progress is not None:
+            progress(n + 1, len(candidates))
+    return PatchCache(images[: len(kept)].copy(), masks[: len(kept)].copy(), kept)
+
+
+def check_tile_fits(sources: Sequence[ImageSource], names: Sequence[str], tile_size: int, downsample: float) -> None:
+    """Refuse a tile larger than every image at the training resolution."""
+    extent = tile_size * downsample
+    if all(s.width < extent or s.height < extent for s in sources):
+        largest = max((min(s.width, s.height) / downsample, n) for s, n in zip(sources, names))
+        fit = 32 * math.floor(largest[0] / 32)
+        raise ConfigError(
+            f"tile_size {tile_size} at downsample {downsample} is larger than every image "
+            f"(largest fits {fit} px: '{largest[1]}'); lower tile_size or downsample"
+        )

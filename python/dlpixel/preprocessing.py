@@ -1,0 +1,167 @@
+"""One preprocessing spec and one function that prepares a tile, shared by training, validation and inference.
+
+Every normalisation strategy reduces to an affine map per channel, ``y = (x - offset) / scale``, optionally clipped
+to [0, 1]; the statistics that give ``offset`` and ``scale`` come from the image itself (computed once per image
+from a downsampled read: no tile-to-tile differences, so no seams) or from the training dataset, stored in the
+classifier's metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from .config import NormalizationConfig, NormStrategy
+from .errors import ConfigError
+from .sources.base import ImageSource
+
+STATS_MAX_SIDE = 2048
+"""Image-level statistics are computed from a read whose longer side is at most this many pixels."""
+
+
+class ChannelStats(BaseModel):
+    """Per-channel affine normalisation: ``(x - offset) / scale``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    offset: list[float]
+    scale: list[float]
+
+
+class Preprocessing(BaseModel):
+    """Everything needed to turn raw pixels into the model's input, stored in the classifier's metadata."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channels: list[int]
+    """Indices of the image channels the model sees, in order."""
+    channel_names: list[str]
+    normalization: NormalizationConfig
+    context_scale: int = 1
+    dataset_stats: ChannelStats | None = None
+    """Statistics of the training dataset (used when ``normalization.image_level`` is False)."""
+
+    @property
+    def n_inputs(self) -> int:
+        return len(self.channels) * (2 if self.context_scale > 1 else 1)
+
+
+def resolve_channels(requested: Sequence[int | str] | None, names: Sequence[str], image: str = "") -> list[int]:
+    """Turn channel names or indices into indices of ``names``; None means every channel."""
+    where = f" of image '{image}'" if image else ""
+    if requested is None:
+        return list(range(len(names)))
+    out = []
+    for ch in requested:
+        if isinstance(ch, int) or (isinstance(ch, str) and ch.isdigit() and ch not in names):
+            idx = int(ch)
+            if not 0 <= idx < len(names):
+                raise ConfigError(f"channel index {idx} is out of range{where}: it has {len(names)} channels {names}")
+        else:
+            if ch not in names:
+                raise ConfigError(f"channel '{ch}' is not among the channels{where}: {list(names)}")
+            idx = list(names).index(ch)
+        out.append(idx)
+    if len(set(out)) != len(out):
+        raise ConfigError(f"a channel is selected twice: {list(requested)}")
+    return out
+
+
+def _stats_from_pixels(pixels: np.ndarray, norm: NormalizationConfig) -> ChannelStats:
+    """Statistics of ``pixels`` (N, C) for the strategy, per channel or joint over all channels."""
+    n_ch = pixels.shape[1]
+    data = pixels.astype(np.float64)
+    groups = [data[:, c] for c in range(n_ch)] if norm.per_channel else [data.reshape(-1)]
+    offsets, scales = [], []
+    for values in groups:
+        strategy = norm.strategy
+        if strategy == NormStrategy.percentile_99.value:
+            lo, hi = np.percentile(values, [1.0, 99.0])
+        elif strategy == NormStrategy.min_max.value:
+            lo, hi = float(values.min()), float(values.max())
+        elif strategy == NormStrategy.z_score.value:
+            lo, hi = float(values.mean()), float(values.mean() + values.std())
+        else:
+            lo, hi = float(norm.min), float(norm.max)  # type: ignore[arg-type]
+        scale = float(hi - lo)
+        offsets.append(float(lo))
+        scales.append(scale if scale > 1e-12 else 1.0)
+    if not norm.per_channel:
+        offsets, scales = offsets * n_ch, scales * n_ch
+    return ChannelStats(offset=offsets, scale=scales)
+
+
+def stats_read_downsample(source: ImageSource) -> float:
+    return max(1.0, max(source.width, source.height) / STATS_MAX_SIDE)
+
+
+def sample_pixels(source: ImageSource, channels: Sequence[int]) -> np.ndarray:
+    """Pixels (N, C) of the selected channels from one downsampled read of the whole image."""
+    ds = stats_read_downsample(source)
+    img = source.read_region(ds, 0, 0, source.width, source.height)
+    return img[..., list(channels)].reshape(-1, len(channels))
+
+
+def image_stats(source: ImageSource, pre: Preprocessing) -> ChannelStats:
+    """Image-level statistics, computed once per image."""
+    if pre.normalization.strategy == NormStrategy.fixed_range.value:
+        return _stats_from_pixels(np.zeros((1, len(pre.channels))), pre.normalization)
+    return _stats_from_pixels(sample_pixels(source, pre.channels), pre.normalization)
+
+
+def dataset_stats(samples: Sequence[np.ndarray], norm: NormalizationConfig) -> ChannelStats:
+    """Statistics over the pixel samples (N_i, C) of every training image, each image weighted equally."""
+    n = min(len(s) for s in samples)
+    rng = np.random.default_rng(0)
+    pooled = np.concatenate([s[rng.choice(len(s), n, replace=False)] if len(s) > n else s for s in samples])
+    return _stats_from_pixels(pooled, norm)
+
+
+def stats_for(source: ImageSource, pre: Preprocessing) -> ChannelStats:
+    """The statistics to use for ``source``: its own (image-level) or the stored training dataset's."""
+    if pre.normalization.image_level or pre.dataset_stats is None:
+        return image_stats(source, pre)
+    return pre.dataset_stats
+
+
+def normalize(raw: np.ndarray, pre: Preprocessing, stats: ChannelStats) -> np.ndarray:
+    """Raw selected channels (H, W, C) to float32 model input (H, W, C)."""
+    offset = np.asarray(stats.offset, dtype=np.float32)
+    scale = np.asarray(stats.scale, dtype=np.float32)
+    out = (raw.astype(np.float32) - offset) / scale
+    if pre.normalization.strategy in (NormStrategy.percentile_99.value, NormStrategy.fixed_range.value):
+        np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+def read_tile(
+    source: ImageSource, pre: Preprocessing, stats: ChannelStats, downsample: float, x: int, y: int, size: int
+) -> np.ndarray:
+    """The model input (size, size, n_inputs) float32 for the tile whose top-left full-resolution corner is (x, y).
+
+    With ``context_scale`` N > 1, N× the area centred on the tile is read at N× the downsample and appended as
+    extra channels. Training patches and inference tiles both come from here.
+    """
+    extent = int(round(size * downsample))
+    raw = source.read_region(downsample, x, y, extent, extent)[..., pre.channels]
+    parts = [normalize(raw, pre, stats)]
+    if pre.context_scale > 1:
+        cs = pre.context_scale
+        cx, cy = x - extent * (cs - 1) // 2, y - extent * (cs - 1) // 2
+        ctx = source.read_region(downsample * cs, cx, cy, extent * cs, extent * cs)[..., pre.channels]
+        parts.append(normalize(ctx, pre, stats))
+    tile = np.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
+    if tile.shape[:2] != (size, size):
+        raise ConfigError(f"tile read at ({x}, {y}) has shape {tile.shape[:2]}, expected ({size}, {size})")
+    return np.ascontiguousarray(tile)
+
+
+def tile_footprint(downsample: float, context_scale: int, x: int, y: int, size: int) -> tuple[int, int, int, int]:
+    """Full-resolution bounds (x0, y0, x1, y1) of every pixel a tile's input depends on (context included)."""
+    extent = int(round(size * downsample))
+    if context_scale > 1:
+        margin = extent * (context_scale - 1) // 2
+        return x - margin, y - margin, x - margin + extent * context_scale, y - margin + extent * context_scale
+    return x, y, x + extent, y + extent

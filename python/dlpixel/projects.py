@@ -1,0 +1,28 @@
+"""Open whatever ``--project`` names: a QuPath project (through JPype) or a folder of images with GeoJSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import DataError
+from .sources.base import Project
+
+
+def is_qupath_project(path: Path) -> bool:
+    return path.suffix == ".qpproj" or (path.is_dir() and (path / "project.qpproj").is_file())
+
+
+def open_project(path: str | Path, qupath_dir: str | None = None) -> Project:
+    """A QuPath project for ``project.qpproj`` or a folder holding one, otherwise a folder project."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"project not found: {p}; pass a QuPath project (project.qpproj) or a folder of images")
+    if is_qupath_project(p):
+        from .qupath.project import open_qupath_project
+
+        return open_qupath_project(p, qupath_dir=qupath_dir)
+    if p.is_file():
+        raise DataError(f"{p} is neither a QuPath project (project.qpproj) nor a folder of images")
+    from .sources.files import open_folder_project
+
+    return open_folder_project(p)

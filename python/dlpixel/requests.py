@@ -1,0 +1,146 @@
+"""JSON requests: the one entry point that the CLI's ``request`` command, the Groovy helper and the in-process
+bridge share. A request is a dict with an ``action`` (``train``, ``apply``, ``list_models``, ``load_settings``,
+``script``); the reply is the action's result (a JSON-serialisable dict) or a ``DlpixelError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from . import store
+from .config import InferenceConfig, TrainingConfig, build_config
+from .errors import ConfigError
+from .training.events import CancelToken, Listener
+
+Handler = Callable[[dict[str, Any], dict[str, Any], list[Listener], CancelToken], dict[str, Any]]
+
+
+def _project(request: dict[str, Any], context: dict[str, Any]) -> Any:
+    """The project to work on: a live one from the context (in-process QuPath) or the path in the request."""
+    from .projects import open_project
+
+    if context.get("project_object") is not None:
+        return context["project_object"]
+    path = request.get("project")
+    if not path:
+        raise ConfigError("the request names no 'project'")
+    return open_project(path, qupath_dir=request.get("qupath"))
+
+
+def _project_root(request: dict[str, Any], context: dict[str, Any]) -> Path:
+    from .projects import is_qupath_project
+
+    path = request.get("project")
+    if not path:
+        raise ConfigError("the request names no 'project'")
+    p = Path(path)
+    if is_qupath_project(p):
+        return p.parent if p.suffix == ".qpproj" else p
+    return p
+
+
+def _train(request: dict[str, Any], context: dict[str, Any], listeners: list[Listener], cancel: CancelToken) -> dict:
+    from .training.run import train_classifier
+
+    cfg = build_config(TrainingConfig, request.get("settings") or {}, source="settings")
+    name = request.get("name")
+    if not name:
+        raise ConfigError("the train request names no classifier 'name'")
+    project = _project(request, context)
+    try:
+        entry = train_classifier(project, name, cfg, request.get("images") or None,
+                                 overwrite=bool(request.get("overwrite")), listeners=listeners, cancel=cancel)
+    finally:
+        project.close()
+    results = entry.metadata.results
+    return {
+        "name": entry.name,
+        "path": str(entry.path),
+        "mean_iou": results.mean_iou if results else None,
+        "per_class_iou": results.per_class_iou if results else None,
+        "best_epoch": results.best_epoch if results else None,
+    }
+
+
+def _apply(request: dict[str, Any], context: dict[str, Any], listeners: list[Listener], cancel: CancelToken) -> dict:
+    from .inference.run import apply_classifier
+
+    cfg = build_config(InferenceConfig, request.get("settings") or {}, source="settings")
+    classifier = request.get("classifier")
+    if not classifier:
+        raise ConfigError("the apply request names no 'classifier'")
+    project = _project(request, context)
+    try:
+        written = apply_classifier(project, classifier, cfg, request.get("images") or None, listeners=listeners,
+                                   cancel=cancel, context=context)
+    finally:
+        project.close()
+    return {"classifier": classifier, "written": [str(p) for p in written]}
+
+
+def _list_models(request: dict[str, Any], context: dict[str, Any], *_: Any) -> dict:
+    root = _project_root(request, context)
+    return {
+        "models": [
+            {
+                "name": e.name,
+                "created": e.metadata.created,
+                "backbone": e.metadata.backbone,
+                "classes": e.metadata.class_names,
+                "mean_iou": e.metadata.results.mean_iou if e.metadata.results else None,
+                "path": str(e.path),
+            }
+            for e in store.list_classifiers(root)
+        ]
+    }
+
+
+def _load_settings(request: dict[str, Any], context: dict[str, Any], *_: Any) -> dict:
+    name = request.get("classifier")
+    if not name:
+        raise ConfigError("the load_settings request names no 'classifier'")
+    return {"settings": store.load_settings(_project_root(request, context), name), "name": store.retrain_name(name)}
+
+
+def _script(request: dict[str, Any], context: dict[str, Any], *_: Any) -> dict:
+    from . import scripting
+
+    kind = request.get("kind", "train")
+    project = request.get("project", "")
+    if kind == "train":
+        cfg = build_config(TrainingConfig, request.get("settings") or {}, source="settings")
+        text = scripting.training_script(project, request.get("name", ""), request.get("images") or [], cfg,
+                                         overwrite=bool(request.get("overwrite")))
+    elif kind == "apply":
+        cfg_i = build_config(InferenceConfig, request.get("settings") or {}, source="settings")
+        text = scripting.apply_script(project, request.get("classifier", ""), request.get("images") or [], cfg_i)
+    else:
+        raise ConfigError(f"script kind must be 'train' or 'apply', not '{kind}'")
+    return {"script": text}
+
+
+HANDLERS: dict[str, Handler] = {
+    "train": _train,
+    "apply": _apply,
+    "list_models": _list_models,
+    "load_settings": _load_settings,
+    "script": _script,
+}
+
+
+def handle_request(
+    request: dict[str, Any],
+    context: dict[str, Any] | None = None,
+    listeners: Iterable[Listener] = (),
+    cancel: CancelToken | None = None,
+) -> dict[str, Any]:
+    """Run one request and return its result; raises ``DlpixelError`` with a one-line message on bad input."""
+    if not isinstance(request, dict):
+        raise ConfigError("a request must be a JSON object with an 'action'")
+    action = request.get("action")
+    handler = HANDLERS.get(action)  # type: ignore[arg-type]
+    if handler is None:
+        raise ConfigError(f"unknown action '{action}'; one of: {', '.join(HANDLERS)}")
+    return handler(request, context or {}, list(listeners), cancel or CancelToken())

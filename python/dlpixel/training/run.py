@@ -1,0 +1,227 @@
+"""A whole training run: project images and annotations in, a classifier folder out (or nothing at all)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..config import TrainingConfig
+from ..errors import ConfigError, DataError
+from ..metadata import ClassifierMetadata, ClassInfo, Results, WeightProvenanceInfo, software_versions
+from ..patches import DEFAULT_STROKE_PX, check_tile_fits, extract_patches, split_tiles
+from ..preprocessing import Preprocessing, dataset_stats, image_stats, resolve_channels, sample_pixels
+from ..sources.base import ImageSource, LabelShape, Project, ProjectImage
+from .. import store
+from .events import CancelToken, Emitter, Listener
+
+PALETTE = [
+    (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+    (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40), (128, 0, 0),
+]
+
+
+@dataclass
+class TrainingData:
+    """The images chosen for training, opened, with their classified annotations."""
+
+    images: list[ProjectImage]
+    sources: list[ImageSource]
+    shapes: list[list[LabelShape]]
+    classes: list[str]
+    colors: dict[str, tuple[int, int, int]]
+
+
+def select_images(project: Project, names: Sequence[str] | None) -> list[ProjectImage]:
+    """The named images (all of them must exist), or every image when none is named."""
+    images = project.images()
+    if not names:
+        return images
+    by_name = {im.name: im for im in images}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise DataError(f"image(s) {missing} are not in the project {project.root}; it has: {sorted(by_name)}")
+    return [by_name[n] for n in names]
+
+
+def gather_training_data(project: Project, image_names: Sequence[str] | None, cfg: TrainingConfig) -> TrainingData:
+    """Open the images that carry classified annotations and settle the class list."""
+    chosen, sources, shapes = [], [], []
+    for image in select_images(project, image_names):
+        labelled = [s for s in image.annotations() if s.class_name is not None]
+        if not labelled:
+            if image_names:
+                raise DataError(f"image '{image.name}' has no classified annotations; classify them or leave it out")
+            continue
+        chosen.append(image)
+        sources.append(image.open())
+        shapes.append(labelled)
+    if not chosen:
+        raise DataError(
+            f"no image in {project.root} has classified annotations; draw annotations and set their class "
+            "(unclassified annotations are not labels)"
+        )
+    found = sorted({s.class_name for per in shapes for s in per if s.class_name})
+    if cfg.classes is not None:
+        missing = [c for c in cfg.classes if c not in found]
+        if missing:
+            raise ConfigError(f"classes {missing} have no annotations in the chosen images; found: {found}")
+        classes = list(cfg.classes)
+    else:
+        classes = found
+    if len(classes) < 2:
+        raise DataError(f"at least two annotated classes are needed to train; found only {classes}")
+    unknown = [c for c in cfg.class_weights if c not in classes]
+    if unknown:
+        raise ConfigError(f"class_weights names classes {unknown} that are not trained; classes: {classes}")
+    colors = dict(project.class_colors())
+    for per in shapes:
+        for s in per:
+            if s.class_name and s.color and s.class_name not in colors:
+                colors[s.class_name] = tuple(s.color)  # type: ignore[assignment]
+    for i, c in enumerate(classes):
+        colors.setdefault(c, PALETTE[i % len(PALETTE)])
+    return TrainingData(chosen, sources, shapes, classes, colors)
+
+
+def _pixel_size(sources: Sequence[ImageSource], downsample: float, emit: Emitter) -> float | None:
+    sizes = [s.pixel_size_um for s in sources]
+    if any(v is None for v in sizes):
+        return None
+    lo, hi = min(sizes), max(sizes)  # type: ignore[type-var]
+    if hi > lo * 1.1:
+        emit.log(f"the training images have different pixel sizes ({lo:.4g}-{hi:.4g} µm)", level="warning")
+    return float(np.median(sizes)) * downsample  # type: ignore[arg-type]
+
+
+def train_classifier(
+    project: Project,
+    name: str,
+    cfg: TrainingConfig,
+    image_names: Sequence[str] | None = None,
+    overwrite: bool = False,
+    listeners: Iterable[Listener] = (),
+    cancel: CancelToken | None = None,
+) -> store.ClassifierEntry:
+    """Train a classifier on the project's annotations and save it to ``classifiers/dl/<name>/``."""
+    from ..models.factory import create_model, freeze_blocks, resolve_freeze
+    from ..models.onnx import export_onnx
+    from .losses import class_weights_from_counts
+    from .trainer import fit
+
+    emit = Emitter(listeners)
+    cancel = cancel or CancelToken()
+    store.validate_name(name)
+    target = store.classifier_dir(project.root, name)
+    if target.exists() and not overwrite:
+        raise store.ClassifierError(
+            f"a classifier named '{name}' already exists in {target.parent}; choose another name or pass --overwrite"
+        )
+
+    emit("stage", stage="reading", message="reading images and annotations")
+    data = gather_training_data(project, image_names, cfg)
+    names = [im.name for im in data.images]
+    channel_names = list(data.sources[0].channel_names)
+    channels = resolve_channels(cfg.channels, channel_names, names[0])
+    for src, image in zip(data.sources[1:], data.images[1:]):
+        other = resolve_channels(cfg.channels, src.channel_names, image.name)
+        if len(src.channel_names) != len(channel_names) or other != channels:
+            raise DataError(
+                f"image '{image.name}' has channels {list(src.channel_names)}, unlike '{names[0]}' "
+                f"{channel_names}; train on images with the same channels or select channels by name"
+            )
+    check_tile_fits(data.sources, names, cfg.tile_size, cfg.downsample)
+
+    pre = Preprocessing(channels=channels, channel_names=[channel_names[c] for c in channels],
+                        normalization=cfg.normalization, context_scale=cfg.context_scale)
+    emit("stage", stage="statistics", message="computing normalisation statistics")
+    samples = [sample_pixels(src, channels) for src in data.sources]
+    pre.dataset_stats = dataset_stats(samples, cfg.normalization)
+    stats = [image_stats(src, pre) if cfg.normalization.image_level else pre.dataset_stats for src in data.sources]
+
+    stroke = cfg.line_stroke_width or DEFAULT_STROKE_PX
+    class_index = {c: i for i, c in enumerate(data.classes)}
+
+    def on_extract(done: int, total: int) -> None:
+        cancel.check()
+        emit("extract", done=done, total=total)
+
+    emit("stage", stage="patches", message="extracting training tiles")
+    cache = extract_patches(data.sources, data.shapes, stats, pre, class_index, cfg.tile_size, cfg.downsample,
+                            cfg.tile_overlap, stroke, progress=on_extract)
+    if len(cache) < 2:
+        raise DataError(f"only {len(cache)} labelled tile(s) at tile_size {cfg.tile_size}; annotate more, or use a "
+                        "smaller tile_size or tile_overlap")
+    n_classes = len(data.classes)
+    tile_counts = np.stack([np.bincount(m.reshape(-1), minlength=256)[:n_classes] for m in cache.masks])
+    split = split_tiles(cache.tiles, tile_counts, names, cfg.validation_split, cfg.tile_size, cfg.downsample,
+                        cfg.context_scale, cfg.seed)
+    for w in split.warnings:
+        emit.log(w, level="warning")
+    train_counts = tile_counts[split.train].sum(0)
+    val_counts = tile_counts[split.val].sum(0)
+    emit.log(f"{len(split.train)} training and {len(split.val)} validation tiles ({split.method} split)")
+
+    multipliers = [cfg.class_weights.get(c, 1.0) for c in data.classes]
+    weights = class_weights_from_counts(train_counts.tolist(), multipliers)
+
+    torch.manual_seed(cfg.seed)
+    model, provenance = create_model(cfg.backbone, pre.n_inputs, n_classes, cfg.pretrained)
+    frozen = resolve_freeze(cfg.freeze, len(split.train), cfg.pretrained)
+    freeze_blocks(model, frozen)
+    if frozen:
+        emit.log(f"frozen encoder blocks: {', '.join(frozen)}")
+
+    result = fit(model, cache, split.train, split.val, n_classes, cfg, weights, frozen, emit, cancel)
+
+    meta = ClassifierMetadata(
+        name=name,
+        description=cfg.description,
+        architecture="unet",
+        backbone=cfg.backbone,
+        input_channels=pre.channel_names * (2 if cfg.context_scale > 1 else 1),
+        classes=[ClassInfo(index=i, name=c, color=data.colors[c]) for i, c in enumerate(data.classes)],
+        tile_size=cfg.tile_size,
+        downsample=cfg.downsample,
+        context_scale=cfg.context_scale,
+        pixel_size_um=_pixel_size(data.sources, cfg.downsample, emit),
+        preprocessing=pre,
+        training=cfg,
+        images=names,
+        split=split.record(),
+        labelled_pixels={"train": dict(zip(data.classes, map(int, train_counts))),
+                         "val": dict(zip(data.classes, map(int, val_counts)))},
+        class_weights=dict(zip(data.classes, map(float, weights))),
+        frozen_blocks=list(frozen),
+        results=Results(
+            best_epoch=result.best_epoch,
+            epochs_run=len(result.history),
+            stopped_early=result.stopped_early,
+            mean_iou=result.mean_iou,
+            per_class_iou=dict(zip(data.classes, result.per_class_iou)),
+            pixel_accuracy=result.pixel_accuracy,
+            train_loss=result.history[result.best_epoch - 1]["train_loss"],
+            val_loss=result.history[result.best_epoch - 1]["val_loss"],
+            confusion=result.confusion,
+            seconds=result.seconds,
+            device=result.device,
+            precision=result.precision,
+        ),
+        weights=WeightProvenanceInfo(**provenance) if provenance else None,
+        software=software_versions(),
+    )
+    cancel.check()
+    emit("stage", stage="saving", message="saving the classifier")
+    with store.staging_folder(project.root, name, overwrite) as tmp:
+        torch.save(result.model.state_dict(), tmp / store.WEIGHTS)
+        export_onnx(result.model, tmp / store.ONNX, pre.n_inputs, n_classes)
+        store.write_json(tmp / store.HISTORY, result.history)
+        meta.write(tmp / store.METADATA)
+        cancel.check()
+    entry = store.load_classifier(project.root, name)
+    emit("done", name=name, path=str(entry.path), mean_iou=result.mean_iou, best_epoch=result.best_epoch,
+         message=f"saved '{name}' to {entry.path} (validation mean IoU {result.mean_iou:.3f})")
+    return entry
+

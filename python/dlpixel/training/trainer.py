@@ -1,0 +1,295 @@
+"""The training loop: AdamW, a learning-rate schedule, mixed precision on CUDA, early stopping with best weights."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..config import TrainingConfig
+from ..errors import Cancelled, TrainingError
+from ..patches import UNLABELLED, PatchCache
+from .events import CancelToken, Emitter
+
+Augment = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then Apple's MPS, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("device 'cuda' was asked for but no CUDA GPU is available; use device=auto or cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise TrainingError("device 'mps' was asked for but Apple's MPS is not available; use device=auto or cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """bf16 where the GPU supports it, else fp16; None (full precision) off CUDA or when disabled."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+class PatchDataset(Dataset):
+    """Tiles of the patch cache as tensors, augmented on the fly when an augmentation is given."""
+
+    def __init__(self, cache: PatchCache, indices: Sequence[int], augment: Augment | None = None):
+        self.cache = cache
+        self.indices = list(indices)
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.indices[i]
+        image = self.cache.images[idx]
+        mask = self.cache.masks[idx]
+        if self.augment is not None:
+            hwc, mask = self.augment(np.ascontiguousarray(image.transpose(1, 2, 0)), mask)
+            image = hwc.transpose(2, 0, 1)
+        return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), torch.from_numpy(
+            np.ascontiguousarray(mask).astype(np.int64)
+        )
+
+
+def _worker_init(worker_id: int) -> None:
+    seed = torch.initial_seed() % (2**32)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def build_scheduler(
+    name: str, optimizer: torch.optim.Optimizer, cfg: TrainingConfig, steps_per_epoch: int
+) -> tuple[Any, str]:
+    """The schedule and when it steps: ``batch``, ``epoch`` or ``metric`` (plateau), or ``never``."""
+    if name == "one_cycle":
+        return (
+            torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=cfg.learning_rate, total_steps=max(1, cfg.epochs * steps_per_epoch)
+            ),
+            "batch",
+        )
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.epochs)), "epoch"
+    if name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.epochs // 3), gamma=0.1), "epoch"
+    if name == "plateau":
+        mode = "max" if cfg.early_stop_metric == "mean_iou" else "min"
+        patience = max(1, cfg.early_stop_patience // 3)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=0.5, patience=patience), (
+            "metric"
+        )
+    return None, "never"
+
+
+@dataclass
+class FitResult:
+    """The best model and what training measured."""
+
+    model: nn.Module
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_metric: float
+    per_class_iou: list[float | None]
+    mean_iou: float
+    pixel_accuracy: float
+    confusion: list[list[int]]
+    stopped_early: bool
+    device: str
+    precision: str
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _nan_to_none(values: np.ndarray) -> list[float | None]:
+    return [None if math.isnan(float(v)) else float(v) for v in values]
+
+
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: nn.Module,
+    n_classes: int,
+    device: torch.device,
+    amp: torch.dtype | None,
+) -> tuple[float, Any]:
+    """Validation loss (mean over batches) and the confusion matrix over labelled pixels, in eval mode."""
+    from .metrics import ConfusionMatrix
+
+    model.eval()
+    cm = ConfusionMatrix(n_classes)
+    total, batches = 0.0, 0
+    with torch.inference_mode():
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                logits = model(x)
+            total += float(loss_fn(logits.float(), y))
+            batches += 1
+            cm.update(logits.argmax(1), y)
+    return total / max(batches, 1), cm
+
+
+def fit(
+    model: nn.Module,
+    cache: PatchCache,
+    train_idx: Sequence[int],
+    val_idx: Sequence[int],
+    n_classes: int,
+    cfg: TrainingConfig,
+    class_weights: np.ndarray,
+    frozen_blocks: Sequence[str] = (),
+    emit: Emitter | None = None,
+    cancel: CancelToken | None = None,
+) -> FitResult:
+    """Train ``model`` on the cached tiles; return it with the weights of its best validation epoch."""
+    from ..models.factory import set_train_mode
+    from .augment import build_augmentation
+    from .losses import build_loss
+
+    emit = emit or Emitter()
+    cancel = cancel or CancelToken()
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    amp = autocast_dtype(device, cfg.mixed_precision)
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+
+    augment = build_augmentation(cfg.augment, cfg.tile_size)
+    train_ds = PatchDataset(cache, train_idx, augment)
+    val_ds = PatchDataset(cache, val_idx)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    pin = device.type == "cuda"
+    batch = min(cfg.batch_size, len(train_ds))
+    train_loader = DataLoader(
+        train_ds, batch_size=batch, shuffle=True, drop_last=len(train_ds) > batch and len(train_ds) % batch == 1,
+        num_workers=cfg.num_workers, pin_memory=pin, generator=generator, worker_init_fn=_worker_init,
+        persistent_workers=cfg.num_workers > 0,
+    )
+    val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, num_workers=0, pin_memory=pin)
+
+    weights = torch.as_tensor(class_weights, dtype=torch.float32, device=device)
+    loss_fn = build_loss(cfg.loss, weights, ignore_index=UNLABELLED)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler, step_on = build_scheduler(cfg.scheduler, optimizer, cfg, len(train_loader))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    maximise = cfg.early_stop_metric == "mean_iou"
+
+    history: list[dict[str, Any]] = []
+    best_metric, best_epoch, best_state, since_best = -math.inf if maximise else math.inf, 0, None, 0
+    best_cm = None
+    stopped_early = False
+    start = time.perf_counter()
+    emit("stage", stage="training", message=f"training on {device.type} ({len(train_ds)} tiles, "
+         f"{len(val_ds)} for validation)", device=device.type, precision=str(amp).replace("torch.", "") if amp
+         else "float32")
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            set_train_mode(model, frozen_blocks)
+            running, seen = 0.0, 0
+            for step, (x, y) in enumerate(train_loader, 1):
+                cancel.check()
+                x = x.to(device, non_blocking=pin)
+                y = y.to(device, non_blocking=pin)
+                if device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    logits = model(x)
+                loss = loss_fn(logits.float(), y)
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"the loss became {float(loss)} at epoch {epoch}, batch {step}; lower learning_rate "
+                        f"(now {cfg.learning_rate}) or check the annotations and normalization"
+                    )
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                if step_on == "batch":
+                    scheduler.step()
+                running += float(loss) * len(x)
+                seen += len(x)
+                emit("batch", epoch=epoch, batch=step, batches=len(train_loader), loss=float(loss))
+            cancel.check()
+            train_loss = running / max(seen, 1)
+            val_loss, cm = evaluate(model, val_loader, loss_fn, n_classes, device, amp)
+            ious = cm.iou_per_class()
+            mean_iou = float(cm.mean_iou())
+            metric = mean_iou if maximise else val_loss
+            lr = optimizer.param_groups[0]["lr"]
+            if step_on == "epoch":
+                scheduler.step()
+            elif step_on == "metric":
+                scheduler.step(metric)
+            improved = (metric > best_metric + 1e-6) if maximise else (metric < best_metric - 1e-6)
+            if improved or best_state is None:
+                best_metric, best_epoch, since_best = metric, epoch, 0
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+                best_cm = cm
+            else:
+                since_best += 1
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "mean_iou": mean_iou,
+                "per_class_iou": _nan_to_none(ious),
+                "pixel_accuracy": float(cm.pixel_accuracy()),
+                "learning_rate": lr,
+                "best_epoch": best_epoch,
+                "epochs_without_improvement": since_best,
+                "seconds": time.perf_counter() - start,
+            }
+            history.append(row)
+            emit("epoch", epochs=cfg.epochs, patience=cfg.early_stop_patience, best_metric=best_metric,
+                 metric_name=cfg.early_stop_metric, **row)
+            if cfg.early_stop_patience and since_best >= cfg.early_stop_patience:
+                stopped_early = True
+                emit.log(f"early stopping at epoch {epoch}: no improvement of {cfg.early_stop_metric} for "
+                         f"{since_best} epochs; restoring epoch {best_epoch}")
+                break
+    except KeyboardInterrupt:
+        raise Cancelled("training was interrupted; nothing was written") from None
+
+    model.load_state_dict(best_state)  # type: ignore[arg-type]
+    model = model.to("cpu").to(memory_format=torch.contiguous_format).eval()
+    assert best_cm is not None
+    best_row = history[best_epoch - 1]
+    return FitResult(
+        model=model,
+        history=history,
+        best_epoch=best_epoch,
+        best_metric=float(best_metric),
+        per_class_iou=best_row["per_class_iou"],
+        mean_iou=best_row["mean_iou"],
+        pixel_accuracy=best_row["pixel_accuracy"],
+        confusion=best_cm.matrix.tolist(),
+        stopped_early=stopped_early,
+        device=device.type,
+        precision=str(amp).replace("torch.", "") if amp else "float32",
+        seconds=time.perf_counter() - start,
+    )
