@@ -18,6 +18,7 @@ import shapely
 from shapely.strtree import STRtree
 
 from .errors import ConfigError, DataError
+from .geometry import polygon_mask
 from .preprocessing import ChannelStats, Preprocessing, read_tile, tile_footprint
 from .sources.base import ImageSource, LabelShape
 
@@ -64,13 +65,7 @@ def rasterize_labels(
             if part.is_empty:
                 continue
             if part.geom_type == "Polygon":
-                inside = np.zeros((rows, cols), np.uint8)
-                cv2.fillPoly(inside, [_to_pixels(np.asarray(part.exterior.coords), x0, y0, downsample)], 1,
-                             lineType=cv2.LINE_8, shift=_SHIFT)
-                holes = [_to_pixels(np.asarray(r.coords), x0, y0, downsample) for r in part.interiors]
-                if holes:
-                    cv2.fillPoly(inside, holes, 0, lineType=cv2.LINE_8, shift=_SHIFT)
-                mask[inside.astype(bool)] = value
+                mask[polygon_mask(part, x0, y0, downsample, (rows, cols))] = value
             elif part.geom_type in ("LineString", "LinearRing"):
                 pts = _to_pixels(np.asarray(part.coords), x0, y0, downsample)
                 cv2.polylines(mask, [pts], False, int(value), thickness=thickness, lineType=cv2.LINE_8, shift=_SHIFT)

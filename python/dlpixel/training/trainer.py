@@ -20,7 +20,7 @@ from ..errors import Cancelled, TrainingError
 from ..patches import UNLABELLED, PatchCache
 from .events import CancelToken, Emitter
 
-Augment = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+Augment = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -54,10 +54,13 @@ def seed_everything(seed: int) -> None:
 class PatchDataset(Dataset):
     """Tiles of the patch cache as tensors, augmented on the fly when an augmentation is given."""
 
-    def __init__(self, cache: PatchCache, indices: Sequence[int], augment: Augment | None = None):
+    def __init__(self, cache: PatchCache, indices: Sequence[int], augment: Augment | None = None, seed: int = 0):
         self.cache = cache
         self.indices = list(indices)
         self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        """Set by the trainer: each (seed, epoch, tile) draws its own augmentation, in any worker."""
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -67,7 +70,8 @@ class PatchDataset(Dataset):
         image = self.cache.images[idx]
         mask = self.cache.masks[idx]
         if self.augment is not None:
-            hwc, mask = self.augment(np.ascontiguousarray(image.transpose(1, 2, 0)), mask)
+            rng = np.random.default_rng([self.seed, self.epoch, idx])
+            hwc, mask = self.augment(np.ascontiguousarray(image.transpose(1, 2, 0)), mask, rng)
             image = hwc.transpose(2, 0, 1)
         return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), torch.from_numpy(
             np.ascontiguousarray(mask).astype(np.int64)
@@ -178,8 +182,8 @@ def fit(
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
 
-    augment = build_augmentation(cfg.augment, cfg.tile_size)
-    train_ds = PatchDataset(cache, train_idx, augment)
+    augment = build_augmentation(cfg.augment, cfg.tile_size, seed=cfg.seed)
+    train_ds = PatchDataset(cache, train_idx, augment, seed=cfg.seed)
     val_ds = PatchDataset(cache, val_idx)
     generator = torch.Generator().manual_seed(cfg.seed)
     pin = device.type == "cuda"
@@ -187,7 +191,6 @@ def fit(
     train_loader = DataLoader(
         train_ds, batch_size=batch, shuffle=True, drop_last=len(train_ds) > batch and len(train_ds) % batch == 1,
         num_workers=cfg.num_workers, pin_memory=pin, generator=generator, worker_init_fn=_worker_init,
-        persistent_workers=cfg.num_workers > 0,
     )
     val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, num_workers=0, pin_memory=pin)
 
@@ -210,6 +213,7 @@ def fit(
     try:
         for epoch in range(1, cfg.epochs + 1):
             set_train_mode(model, frozen_blocks)
+            train_ds.epoch = epoch
             running, seen = 0.0, 0
             for step, (x, y) in enumerate(train_loader, 1):
                 cancel.check()
