@@ -7,6 +7,8 @@ is never loaded whole; the remaining factor is an exact block mean when it is an
 from __future__ import annotations
 
 import math
+import os
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +19,7 @@ import numpy as np
 import tifffile
 import zarr
 from PIL import Image
+from tifffile.tifffile import svs_description_metadata
 
 from ..errors import DataError
 from ._io import atomic_path
@@ -68,8 +71,8 @@ def resize_area(array: np.ndarray, rows: int, cols: int) -> np.ndarray:
     work = array if array.dtype in _CV2_DTYPES else array.astype(np.float64)
     parts = []
     for start in range(0, c, 4):
-        part = cv2.resize(np.ascontiguousarray(work[:, :, start : start + 4]), (cols, rows), interpolation=interpolation)
-        parts.append(part.reshape(rows, cols, -1))
+        part = np.ascontiguousarray(work[:, :, start : start + 4])
+        parts.append(cv2.resize(part, (cols, rows), interpolation=interpolation).reshape(rows, cols, -1))
     out = np.concatenate(parts, axis=2)
     return out if out.dtype == array.dtype else _cast(out, array.dtype)
 
@@ -129,6 +132,8 @@ class FileImageSource:
         self.path = Path(path)
         self.name = name or self.path.name
         self._tif: tifffile.TiffFile | None = None
+        self._pid = os.getpid()
+        self._reopen_lock = threading.Lock()
         if not self.path.is_file():
             raise DataError(f"{self.path}: image file not found; check the path and that the file was not moved")
         try:
@@ -156,10 +161,11 @@ class FileImageSource:
         with Image.open(self.path) as image:
             mode = image.mode
             if mode in ("1", "LA"):
-                image = image.convert("L")
+                array = np.asarray(image.convert("L"))
             elif mode in ("P", "PA", "RGBA", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"):
-                image = image.convert("RGB")
-            array = np.asarray(image)
+                array = np.asarray(image.convert("RGB"))
+            else:
+                array = np.asarray(image)
         if array.ndim == 2:
             array = array[:, :, None]
         self._levels: list[_ArrayLevel | _ZarrLevel] = [_ArrayLevel(np.ascontiguousarray(array))]
@@ -196,6 +202,8 @@ class FileImageSource:
         """Pixels of the full-resolution rectangle (x, y, w, h) at ``downsample`` as (rows, cols, C), zero outside."""
         if not downsample > 0 or w <= 0 or h <= 0:
             raise ValueError(f"invalid region: downsample={downsample}, w={w}, h={h}")
+        if self._pid != os.getpid():
+            self._reopen()
         rows, cols = region_shape(downsample, w, h)
         index = max(i for i, d in enumerate(self.downsamples) if i == 0 or d <= downsample * (1 + _TOL))
         level_ds = self.downsamples[index]
@@ -217,6 +225,22 @@ class FileImageSource:
         if cy1 > cy0 and cx1 > cx0:
             out[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = level.read(cy0, cy1, cx0, cx1)
         return out
+
+    def _reopen(self) -> None:
+        """Open the file again in a forked process, whose inherited handle shares its file position with the parent."""
+        with self._reopen_lock:
+            if self._pid == os.getpid():
+                return
+            if self._tif is not None:
+                self._tif.filehandle.close()
+                self._open_tiff()
+            self._pid = os.getpid()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "name": self.name}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], state["name"])  # type: ignore[misc]
 
     def close(self) -> None:
         """Release the open file (TIFF only; PNG/JPEG hold no file)."""
@@ -272,7 +296,7 @@ def _tiff_pixel_size(tif: tifffile.TiffFile) -> float | None:
     page = tif.pages.first
     if tif.is_svs:
         try:
-            mpp = float(tifffile.svs_description_metadata(page.description)["MPP"])
+            mpp = float(svs_description_metadata(page.description)["MPP"])
             if mpp > 0:
                 return mpp
         except (KeyError, ValueError, TypeError):
