@@ -1,0 +1,163 @@
+"""``dlpixel qupath install``: put the Groovy helper and the menu script into the user's QuPath folder.
+
+After it, QuPath's script editor can run the scripts that ``dlpixel script`` writes, and setting the menu script as
+QuPath's startup script adds *Extensions > DL Pixel Classifier*. The Python executable is recorded beside the
+scripts (``dlpixel.json``), so QuPath finds dlpixel without the user's environment being active.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import InferenceConfig, TrainingConfig
+from .errors import DataError
+
+INSTALL_FOLDER = "dlpixel"
+HELPER_FILE = "DLPixel.groovy"
+MENU_FILE = "DLPixelMenu.groovy"
+SETTINGS_FILE = "dlpixel.json"
+HOME_MARKER = "@DLPIXEL_HOME@"
+"""Stands in the shipped menu script for the folder it is installed into; the installer writes the real path."""
+
+_VERSION_DIR = re.compile(r"^v(\d+)\.(\d+)$")
+
+
+def default_user_dir(home: Path | None = None) -> Path:
+    """QuPath's user folder: the newest ``~/QuPath/vX.Y`` that exists (QuPath 0.4+ names it so), else ``~/QuPath``."""
+    base = (home or Path.home()) / "QuPath"
+    versions = []
+    if base.is_dir():
+        for child in base.iterdir():
+            match = _VERSION_DIR.match(child.name)
+            if match and child.is_dir():
+                versions.append(((int(match.group(1)), int(match.group(2))), child))
+    return max(versions)[1] if versions else base
+
+
+def groovy_source_dir() -> Path:
+    """The Groovy files that ship with dlpixel: package data when installed, the repository's ``groovy/`` else."""
+    packaged = resources.files("dlpixel") / "groovy"
+    if packaged.is_dir() and (packaged / HELPER_FILE).is_file():
+        return Path(str(packaged))
+    repo = Path(__file__).resolve().parents[2] / "groovy"
+    if (repo / HELPER_FILE).is_file():
+        return repo
+    raise DataError(f"dlpixel's Groovy files are missing (looked in {packaged} and {repo}); reinstall dlpixel")
+
+
+def shipped_groovy_files() -> list[Path]:
+    """Every Groovy file dlpixel ships, as absolute paths."""
+    return sorted(groovy_source_dir().rglob("*.groovy"))
+
+
+@dataclass
+class InstallResult:
+    """What ``install_qupath_scripts`` wrote (or, with ``print_only``, would write)."""
+
+    folder: Path
+    helper: Path
+    startup_script: Path
+    settings_file: Path
+    python: str
+    written: bool
+    files: list[Path] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """The lines ``dlpixel qupath install`` prints: where things are and how to turn the menu on."""
+        verb = "Installed" if self.written else "Would install"
+        lines = [f"{verb} dlpixel's QuPath scripts in {self.folder}:"]
+        lines += [f"  {path}" for path in self.files]
+        lines += [
+            f"Python executable recorded in {self.settings_file.name}: {self.python}",
+            "",
+            "To add Extensions > DL Pixel Classifier to QuPath:",
+            "  QuPath 0.5 or later: Edit > Preferences > General > Startup script, set it to",
+            f"    {self.startup_script}",
+            "  and restart QuPath.",
+            f"  QuPath 0.4: copy {self.startup_script.name} to startup.groovy in your QuPath user folder and tick",
+            "    'Run startup script' in Edit > Preferences > General.",
+            "Scripts from `dlpixel script` find the helper at",
+            f"    {self.helper}",
+            "Run this command again after upgrading dlpixel, so the menu's defaults follow it.",
+        ]
+        if not self.written:
+            lines.insert(1, "(nothing written: --print-only)")
+        return "\n".join(lines)
+
+
+def _settings(python: str, helper: Path) -> dict[str, Any]:
+    from .scripting import field_choices  # scripting imports this module
+
+    return {
+        "python": python,
+        "helper": str(helper),
+        "dlpixel_version": __version__,
+        "defaults": {
+            "train": TrainingConfig().model_dump(mode="json"),
+            "apply": InferenceConfig().model_dump(mode="json"),
+        },
+        "choices": {"train": field_choices(TrainingConfig), "apply": field_choices(InferenceConfig)},
+    }
+
+
+def install_qupath_scripts(qupath_user_dir: Path | None, python: str, print_only: bool = False) -> InstallResult:
+    """Copy the helper and the menu script into ``<QuPath user folder>/dlpixel`` and record ``python`` there.
+
+    ``qupath_user_dir`` None means QuPath's default user folder. The menu script gets the folder's path written in,
+    so it finds the helper wherever the folder is. With ``print_only`` nothing is written.
+    """
+    source = groovy_source_dir()
+    folder = (qupath_user_dir.expanduser() if qupath_user_dir else default_user_dir()) / INSTALL_FOLDER
+    helper = folder / HELPER_FILE
+    menu_sources = sorted((source / "menu").glob("*.groovy"))
+    if not any(p.name == MENU_FILE for p in menu_sources):
+        raise DataError(f"the menu script {source / 'menu' / MENU_FILE} is missing; reinstall dlpixel")
+    result = InstallResult(
+        folder=folder,
+        helper=helper,
+        startup_script=folder / MENU_FILE,
+        settings_file=folder / SETTINGS_FILE,
+        python=python,
+        written=not print_only,
+        files=[helper, *[folder / p.name for p in menu_sources], folder / SETTINGS_FILE],
+    )
+    if print_only:
+        return result
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / HELPER_FILE, helper)
+        for menu in menu_sources:
+            text = menu.read_text(encoding="utf-8")
+            home = str(folder).replace("\\", "\\\\").replace("'", "\\'")
+            (folder / menu.name).write_text(text.replace(HOME_MARKER, home), encoding="utf-8")
+        (folder / SETTINGS_FILE).write_text(json.dumps(_settings(python, helper), indent=2) + "\n", encoding="utf-8")
+    except OSError as err:
+        raise DataError(f"cannot write dlpixel's QuPath scripts into {folder}: {err}; try --user-dir") from None
+    return result
+
+
+def _run(args: argparse.Namespace) -> int:
+    result = install_qupath_scripts(args.user_dir, args.python or sys.executable, print_only=args.print_only)
+    print(result.describe())
+    return 0
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add ``dlpixel qupath install`` to the ``dlpixel`` command; it sets ``handler(args) -> int``."""
+    qupath = subparsers.add_parser("qupath", help="set QuPath up to use dlpixel")
+    actions = qupath.add_subparsers(dest="qupath_command", required=True)
+    install = actions.add_parser("install", help="copy the script helper and the menu into your QuPath user folder")
+    install.add_argument("--user-dir", type=Path, metavar="DIR",
+                         help="QuPath's user folder (default: the newest ~/QuPath/vX.Y, else ~/QuPath)")
+    install.add_argument("--python", metavar="PATH", help="Python executable QuPath runs (default: this one)")
+    install.add_argument("--print-only", action="store_true", help="print where the files go; write nothing")
+    install.set_defaults(handler=_run)
