@@ -281,7 +281,7 @@ class DLPixel {
     static Map liveContext() {
         Class qp = qp()
         if (qp == null)
-            return [:]
+            return [project: null, imageData: null, selected: []]
         Map context = [project: qp.getProject(), imageData: qp.getCurrentImageData()]
         context.selected = context.imageData == null ? [] : new ArrayList(qp.getSelectedObjects() ?: [])
         return context

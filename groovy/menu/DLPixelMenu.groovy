@@ -232,8 +232,9 @@ Closure trainingDialog = { boolean copyOnly ->
         return
     Map request
     try {
-        request = [project: live.project, name: name.text.trim(), images: new ArrayList(images.selectionModel.selectedItems),
-                   settings: form.read(), overwrite: overwrite.selected]
+        request = [project: live.project, name: name.text.trim(),
+                   images: new ArrayList(images.selectionModel.selectedItems), settings: form.read(),
+                   overwrite: overwrite.selected]
     } catch (IllegalArgumentException err) {
         alert('ERROR', 'Settings', err.message)
         return

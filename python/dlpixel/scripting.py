@@ -20,7 +20,15 @@ from typing import Any, Sequence
 from pydantic import BaseModel
 
 from . import __version__
-from .config import BACKBONES, InferenceConfig, TrainingConfig, build_config, load_config_file, parse_overrides, validate_name
+from .config import (
+    BACKBONES,
+    InferenceConfig,
+    TrainingConfig,
+    build_config,
+    load_config_file,
+    parse_overrides,
+    validate_name,
+)
 from .errors import ConfigError
 from .qupath_install import HELPER_FILE, INSTALL_FOLDER, default_user_dir
 
