@@ -212,7 +212,8 @@ Closure trainingDialog = { boolean copyOnly ->
             Map settings = loaded instanceof Map && loaded.settings instanceof Map ? loaded.settings : loaded
             form = settingsForm(defaults + (settings as Map), choices, '')
             holder.children.setAll(scrolling(form.node))
-            name.text = 'Retrain_' + source + '_' + new java.text.SimpleDateFormat('yyyyMMdd').format(new Date())
+            name.text = loaded instanceof Map && loaded.name ? loaded.name :
+                    'Retrain_' + source + '_' + new java.text.SimpleDateFormat('yyyyMMdd').format(new Date())
         } catch (Exception err) {
             alert('ERROR', 'Load settings', err.message)
         }
