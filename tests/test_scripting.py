@@ -454,3 +454,29 @@ def test_every_groovy_file_and_generated_script_compiles(groovy_run: dict[str, A
     proc = subprocess.run(["groovyc", "-d", str(tmp_path / "classes"), *sources], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_helper_against_the_real_request_command(tmp_path: Path) -> None:
+    """The helper and ``python -m dlpixel request`` agree on the protocol, success and failure alike."""
+    env = _require_groovy()
+    env["DLPIXEL_PYTHON"] = sys.executable
+    project = tmp_path / "folder project"
+    project.mkdir()
+    script = tmp_path / "real.groovy"
+    script.write_text(textwrap.dedent(f"""
+        def DLPixel = new GroovyClassLoader(getClass().classLoader).parseClass(new File({scripting.groovy_string(
+            str(groovy_source_dir() / 'DLPixel.groovy'))}))
+        def project = {scripting.groovy_string(str(project))}
+        println 'MODELS ' + groovy.json.JsonOutput.toJson(DLPixel.listModels(project))
+        try {{
+            DLPixel.loadSettings('Nope', project)
+        }} catch (RuntimeException e) {{
+            println 'ERROR ' + e.message
+        }}
+    """))
+    proc = subprocess.run(["groovy", str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert 'MODELS {"models":[]}' in lines
+    error = next(line for line in lines if line.startswith("ERROR "))
+    assert error.startswith("ERROR dlpixel: ") and "Nope" in error

@@ -152,12 +152,17 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register_cli(subparsers: Any) -> None:
-    """Add ``dlpixel qupath install`` to the ``dlpixel`` command; it sets ``handler(args) -> int``."""
-    qupath = subparsers.add_parser("qupath", help="set QuPath up to use dlpixel")
-    actions = qupath.add_subparsers(dest="qupath_command", required=True)
+    """Add ``dlpixel qupath install`` (to the ``qupath`` command when another module made it already); it sets
+    ``func(args) -> exit code``."""
+    qupath = subparsers.choices.get("qupath")
+    if qupath is None:
+        qupath = subparsers.add_parser("qupath", help="QuPath: install the scripts, launch")
+    actions = next((a for a in qupath._actions if isinstance(a, argparse._SubParsersAction)), None)
+    if actions is None:
+        actions = qupath.add_subparsers(dest="qupath_command", required=True)
     install = actions.add_parser("install", help="copy the script helper and the menu into your QuPath user folder")
     install.add_argument("--user-dir", type=Path, metavar="DIR",
                          help="QuPath's user folder (default: the newest ~/QuPath/vX.Y, else ~/QuPath)")
     install.add_argument("--python", metavar="PATH", help="Python executable QuPath runs (default: this one)")
     install.add_argument("--print-only", action="store_true", help="print where the files go; write nothing")
-    install.set_defaults(handler=_run)
+    install.set_defaults(func=_run)

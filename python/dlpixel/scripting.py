@@ -362,11 +362,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="one setting (repeatable)")
     parser.add_argument("--helper", metavar="PATH", help="where the script finds DLPixel.groovy")
     parser.add_argument("--out", metavar="FILE", help="write the script here instead of standard output")
-    parser.set_defaults(handler=_run)
+    parser.set_defaults(func=_run)
 
 
 def register_cli(subparsers: Any) -> None:
-    """Add ``dlpixel script train|apply`` to the ``dlpixel`` command; each sets ``handler(args) -> int``."""
+    """Add ``dlpixel script train|apply`` to the ``dlpixel`` command; each sets ``func(args) -> exit code``."""
     script = subparsers.add_parser("script", help="print a Groovy script for QuPath (\"Copy as Script\")")
     kinds = script.add_subparsers(dest="kind", required=True)
     train = kinds.add_parser("train", help="a script that trains a classifier with the given settings")
@@ -386,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dlpixel")
     register_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return int(args.handler(args))
+    return int(args.func(args))
 
 
 __all__ = [
