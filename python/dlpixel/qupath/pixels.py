@@ -1,0 +1,168 @@
+"""Pixels out of QuPath: an ImageSource over an ImageServer, and BufferedImage -> numpy without per-pixel Java calls."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import jpype
+import numpy as np
+
+from ..errors import DataError
+from ..sources.base import region_shape
+
+_PIXEL_DTYPES = {
+    "UINT8": np.dtype(np.uint8),
+    "INT8": np.dtype(np.int8),
+    "UINT16": np.dtype(np.uint16),
+    "INT16": np.dtype(np.int16),
+    "UINT32": np.dtype(np.uint32),
+    "INT32": np.dtype(np.int32),
+    "FLOAT32": np.dtype(np.float32),
+    "FLOAT64": np.dtype(np.float64),
+}
+
+# java.awt.image.DataBuffer.TYPE_* -> dtype of the Java array (bytes and ushorts come back signed)
+_BUFFER_DTYPES = {0: np.dtype(np.uint8), 1: np.dtype(np.uint16), 2: np.dtype(np.int16), 3: np.dtype(np.int32),
+                  4: np.dtype(np.float32), 5: np.dtype(np.float64)}
+_PACKED_RGB_TYPES = (1, 2, 3)  # BufferedImage.TYPE_INT_RGB, TYPE_INT_ARGB, TYPE_INT_ARGB_PRE
+
+
+def _java_array(arr: Any, dtype: np.dtype) -> np.ndarray:
+    """A numpy view of a Java primitive array through the buffer protocol (no element-by-element copy)."""
+    return np.frombuffer(memoryview(arr), dtype=dtype)
+
+
+def _unpack_rgb(packed: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Packed 0xAARRGGBB ints as (H, W, 3) uint8: one byte-swapping copy, then a view that skips the alpha byte."""
+    if sys.byteorder == "little":
+        return packed.byteswap().view(np.uint8).reshape(h, w, 4)[..., 1:]
+    out = np.empty((h, w, 3), np.uint8)
+    p = packed.reshape(h, w)
+    out[..., 0] = (p >> 16) & 255
+    out[..., 1] = (p >> 8) & 255
+    out[..., 2] = p & 255
+    return out
+
+
+def buffered_image_to_numpy(img: Any) -> np.ndarray:
+    """A ``java.awt.image.BufferedImage`` as an (H, W, C) array: packed RGB through its int[] and shifts, other
+    layouts through their primitive banks with numpy strides, anything else with ``Raster.getSamples``.
+
+    The result may be a strided view (RGB skips the alpha byte; multi-channel images are stored channel by channel,
+    which is also the order a model wants); ``np.ascontiguousarray`` gives C order where that matters."""
+    w, h = int(img.getWidth()), int(img.getHeight())
+    raster = img.getRaster()
+    buf = raster.getDataBuffer()
+    tx, ty = int(raster.getSampleModelTranslateX()), int(raster.getSampleModelTranslateY())
+    if int(img.getType()) in _PACKED_RGB_TYPES:
+        data = buf.getData()
+        if len(data) == w * h and tx == 0 and ty == 0 and int(buf.getOffset()) == 0:
+            return _unpack_rgb(_java_array(data, np.dtype(np.int32)), h, w)
+        return _unpack_rgb(_java_array(img.getRGB(0, 0, w, h, None, 0, w), np.dtype(np.int32)), h, w)
+    sm = raster.getSampleModel()
+    nb = int(raster.getNumBands())
+    dtype = _BUFFER_DTYPES.get(int(buf.getDataType()))
+    component = jpype.JClass("java.awt.image.ComponentSampleModel")
+    if dtype is not None and isinstance(sm, component):
+        pixel_stride = int(sm.getPixelStride())
+        scanline = int(sm.getScanlineStride())
+        bank_indices = [int(i) for i in sm.getBankIndices()]
+        band_offsets = [int(i) for i in sm.getBandOffsets()]
+        bank_offsets = [int(i) for i in buf.getOffsets()]
+        out = np.empty((nb, h, w), dtype)
+        base = -ty * scanline - tx * pixel_stride
+        banks: dict[int, np.ndarray] = {}
+        for b in range(nb):
+            k = bank_indices[b]
+            if k not in banks:
+                banks[k] = _java_array(buf.getData(k), dtype)
+            start = bank_offsets[k] + band_offsets[b] + base
+            bank = banks[k]
+            if pixel_stride == 1 and scanline == w:
+                out[b] = bank[start:start + w * h].reshape(h, w)
+            else:
+                out[b] = np.lib.stride_tricks.as_strided(
+                    bank[start:], shape=(h, w), strides=(scanline * dtype.itemsize, pixel_stride * dtype.itemsize))
+        return out.transpose(1, 2, 0)
+    JArray, JDouble = jpype.JArray, jpype.JDouble
+    out = np.empty((nb, h, w), np.float64)
+    for b in range(nb):
+        out[b] = np.asarray(raster.getSamples(0, 0, w, h, b, JArray(JDouble)(w * h))).reshape(h, w)
+    return out.transpose(1, 2, 0)
+
+
+class QuPathImageSource:
+    """An ``ImageSource`` over a QuPath ``ImageServer<BufferedImage>`` (z = 0, t = 0)."""
+
+    def __init__(self, server: Any, name: str):
+        self._server = server
+        self._path = server.getPath()
+        self.name = name
+        self.width = int(server.getWidth())
+        self.height = int(server.getHeight())
+        self.channel_names = [str(c.getName()) for c in server.getMetadata().getChannels()]
+        pixel_type = str(server.getPixelType().name())
+        if pixel_type not in _PIXEL_DTYPES:
+            raise DataError(f"image '{name}': pixel type {pixel_type} is not supported")
+        self.dtype = _PIXEL_DTYPES[pixel_type]
+        cal = server.getPixelCalibration()
+        self.pixel_size_um = (
+            (float(cal.getPixelWidthMicrons()) + float(cal.getPixelHeightMicrons())) / 2.0
+            if bool(cal.hasPixelSizeMicrons()) else None
+        )
+        self.downsamples = tuple(float(server.getDownsampleForResolution(i)) for i in range(int(server.nResolutions())))
+        self.is_rgb = bool(server.isRGB())
+        self._request = jpype.JClass("qupath.lib.regions.RegionRequest")
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channel_names)
+
+    @property
+    def server(self) -> Any:
+        """The Java ImageServer (for code inside dlpixel.qupath)."""
+        return self._server
+
+    def read_java(self, downsample: float, x: int, y: int, w: int, h: int) -> Any:
+        """QuPath's own ``readRegion`` for the rectangle (a BufferedImage, or None when wholly outside)."""
+        request = self._request.createInstance(self._path, float(downsample), int(x), int(y), int(w), int(h))
+        return self._server.readRegion(request)
+
+    def read_region(self, downsample: float, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """Pixels of the full-resolution rectangle (x, y, w, h) at ``downsample``; parts outside the image are 0."""
+        rows, cols = region_shape(downsample, w, h)
+        x0, y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + w, self.width), min(y + h, self.height)
+        if x1 <= x0 or y1 <= y0:
+            return np.zeros((rows, cols, self.n_channels), self.dtype)
+        if (x0, y0, x1, y1) == (x, y, x + w, y + h):
+            arr = self._convert(self.read_java(downsample, x, y, w, h))
+            if arr.shape[:2] == (rows, cols):
+                return arr
+            out = np.zeros((rows, cols, self.n_channels), self.dtype)
+            out[: min(rows, arr.shape[0]), : min(cols, arr.shape[1])] = arr[:rows, :cols]
+            return out
+        out = np.zeros((rows, cols, self.n_channels), self.dtype)
+        inner = self.read_region(downsample, x0, y0, x1 - x0, y1 - y0)
+        oy, ox = int(round((y0 - y) / downsample)), int(round((x0 - x) / downsample))
+        ih, iw = min(inner.shape[0], rows - oy), min(inner.shape[1], cols - ox)
+        out[oy:oy + ih, ox:ox + iw] = inner[:ih, :iw]
+        return out
+
+    def _convert(self, img: Any) -> np.ndarray:
+        if img is None:
+            return np.zeros((0, 0, self.n_channels), self.dtype)
+        arr = buffered_image_to_numpy(img)
+        return arr if arr.dtype == self.dtype else arr.astype(self.dtype, copy=False)
+
+    def close(self) -> None:
+        """Release the server's files."""
+        try:
+            self._server.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
+
+    def __repr__(self) -> str:
+        return (f"QuPathImageSource({self.name!r}, {self.width}x{self.height}, channels={self.channel_names},"
+                f" {self.dtype})")

@@ -1,0 +1,213 @@
+"""Results back into QuPath: objects and measurements of one classifier, replacing its earlier ones, saved with a
+backup of ``data.qpdata`` and restored when anything fails.
+
+How a classifier's results are recognised on a rerun:
+- every object it creates is named ``dlpixel: <classifier>`` (visible in QuPath's object list);
+- every measurement it writes is named ``<classifier>: <name>``.
+Before writing, objects with that name and measurements with that prefix are removed from the image.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import jpype
+import shapely
+
+from ..errors import ConfigError, DataError
+from ..sources.base import LabelShape
+from .jvm import runtime
+from .project import java_error
+
+if TYPE_CHECKING:
+    from .project import QuPathImage
+
+log = logging.getLogger(__name__)
+
+ObjectType = Literal["detection", "annotation"]
+OBJECT_TYPES = ("detection", "annotation")
+
+
+def object_marker(classifier: str) -> str:
+    """The name given to every object ``classifier`` creates."""
+    return f"dlpixel: {classifier}"
+
+
+def measurement_prefix(classifier: str) -> str:
+    """The prefix of every measurement ``classifier`` writes."""
+    return f"{classifier}: "
+
+
+def measurement_name(classifier: str, name: str) -> str:
+    """``name`` with the classifier's prefix (unchanged when it already has it)."""
+    prefix = measurement_prefix(classifier)
+    return name if name.startswith(prefix) else prefix + name
+
+
+def _j(name: str) -> Any:
+    return jpype.JClass(name)
+
+
+def _packed(color: tuple[int, int, int] | None) -> Any:
+    if color is None:
+        return None
+    r, g, b = (int(c) & 255 for c in color)
+    return _j("java.lang.Integer").valueOf((r << 16) | (g << 8) | b)
+
+
+def shapes_to_path_objects(shapes: list[LabelShape], object_type: ObjectType, *, name: str | None = None,
+                           classifier: str | None = None) -> list[Any]:
+    """LabelShapes as new QuPath objects: shapely -> WKB -> JTS (QuPath's factory) -> ROI, with class and
+    measurements (prefixed with the classifier's name when one is given)."""
+    if object_type not in OBJECT_TYPES:
+        raise ConfigError(f"object type {object_type!r} is not one of {', '.join(OBJECT_TYPES)}")
+    shapes = [s for s in shapes if s.geometry is not None and not s.geometry.is_empty]
+    if not shapes:
+        return []
+    GeometryTools = _j("qupath.lib.roi.GeometryTools")
+    PathObjects = _j("qupath.lib.objects.PathObjects")
+    PathClass = _j("qupath.lib.objects.classes.PathClass")
+    plane = _j("qupath.lib.regions.ImagePlane").getDefaultPlane()
+    reader = _j("org.locationtech.jts.io.WKBReader")(GeometryTools.getDefaultFactory())
+    create = PathObjects.createDetectionObject if object_type == "detection" else PathObjects.createAnnotationObject
+    put = runtime().compat.put_measurement
+    JByteArray = jpype.JArray(jpype.JByte)
+    out = []
+    for shape, wkb in zip(shapes, shapely.to_wkb([s.geometry for s in shapes])):
+        roi = GeometryTools.geometryToROI(reader.read(JByteArray(wkb)), plane)
+        pc = PathClass.fromString(shape.class_name, _packed(shape.color)) if shape.class_name else None
+        obj = create(roi, pc)
+        if name is not None:
+            obj.setName(name)
+        ml = obj.getMeasurementList()
+        for key, value in shape.measurements.items():
+            getattr(ml, put)(measurement_name(classifier, key) if classifier else key, float(value))
+        ml.close()
+        out.append(obj)
+    return out
+
+
+def _remove_previous(hierarchy: Any, classifier: str) -> tuple[int, int]:
+    """Remove the classifier's objects and measurements; (objects removed, measurements removed)."""
+    compat = runtime().compat
+    marker = object_marker(classifier)
+    prefix = measurement_prefix(classifier)
+    ours = [o for o in hierarchy.getAllObjects(False) if o.getName() is not None and str(o.getName()) == marker]
+    if ours:
+        hierarchy.removeObjects(_j("java.util.ArrayList")(ours), True)
+    removed = 0
+    for o in hierarchy.getAllObjects(False):
+        ml = o.getMeasurementList()
+        names = [n for n in getattr(ml, compat.measurement_names)() if str(n).startswith(prefix)]
+        if names:
+            getattr(ml, compat.remove_measurements)(jpype.JArray(jpype.JString)(names))
+            removed += len(names)
+    return len(ours), removed
+
+
+def _apply(image_data: Any, classifier: str, objects: list[LabelShape] | None, object_type: ObjectType,
+           measurements: dict[str, dict[str, float]] | None, image_name: str) -> tuple[int, int]:
+    hierarchy = image_data.getHierarchy()
+    targets = {}
+    if measurements:
+        by_id = {str(o.getID().toString()): o for o in hierarchy.getAnnotationObjects()}
+        missing = [k for k in measurements if k not in by_id]
+        if missing:
+            raise DataError(f"image {image_name!r} has no annotation with id {missing[0]}: its objects changed since"
+                            " they were read; rerun on the current data")
+        targets = {k: by_id[k] for k in measurements}
+    new_objects = shapes_to_path_objects(objects or [], object_type, name=object_marker(classifier),
+                                         classifier=classifier)
+    n_removed, _ = _remove_previous(hierarchy, classifier)
+    if new_objects:
+        getattr(hierarchy, runtime().compat.add_objects)(_j("java.util.ArrayList")(new_objects))
+    put = runtime().compat.put_measurement
+    n_values = 0
+    for key, values in (measurements or {}).items():
+        ml = targets[key].getMeasurementList()
+        for name, value in values.items():
+            getattr(ml, put)(measurement_name(classifier, name), float(value))
+            n_values += 1
+        ml.close()
+    hierarchy.fireHierarchyChangedEvent(hierarchy)
+    log.info("image %r: removed %d earlier objects of %r, added %d %ss and %d measurements", image_name, n_removed,
+             classifier, len(new_objects), object_type, n_values)
+    return len(new_objects), n_values
+
+
+def _save_with_backup(image: QuPathImage, image_data: Any) -> tuple[Path, Path | None]:
+    """``entry.saveImageData`` after copying data.qpdata to ``data.qpdata.<time>.bak``; restore it on failure."""
+    data = image.data_file
+    if data is None:
+        raise DataError(f"image {image.name!r} is not stored on the local file system; cannot save its data")
+    backup = None
+    if data.exists():
+        backup = data.with_name(f"data.qpdata.{datetime.now().strftime('%Y%m%dT%H%M%S%f')}.bak")
+        shutil.copy2(data, backup)
+    try:
+        image.entry.saveImageData(image_data)
+    except BaseException as e:
+        if backup is not None:
+            shutil.copy2(backup, data)
+        else:
+            data.unlink(missing_ok=True)
+        if isinstance(e, jpype.JException):
+            raise DataError(f"cannot save image {image.name!r} of {image.project.path}: {java_error(e)}; the"
+                            " previous data was restored") from e
+        raise
+    return data, backup
+
+
+def _write(image: QuPathImage, classifier: str, objects: list[LabelShape] | None, object_type: ObjectType,
+           measurements: dict[str, dict[str, float]] | None, what: str) -> list[Path]:
+    image_data = image.read_image_data()
+    _apply(image_data, classifier, objects, object_type, measurements, image.name)
+    if image.live:
+        log.info("%s written to the image open in QuPath (%r); save it there to keep them", what, image.name)
+        return []
+    data, backup = _save_with_backup(image, image_data)
+    log.warning(
+        "%s written to image %r of %s (backup: %s). If QuPath has this image open, reload it (File > Reload data)"
+        " before saving it there, or QuPath will overwrite them.", what, image.name, image.project.path,
+        backup.name if backup else "none, the image had no data yet")
+    return [data]
+
+
+def write_results(
+    image: QuPathImage,
+    classifier: str,
+    *,
+    objects: list[LabelShape] | None = None,
+    object_type: ObjectType = "detection",
+    measurements: dict[str, dict[str, float]] | None = None,
+) -> list[Path]:
+    """Write one classifier's results into an image: first remove what this classifier wrote before, then add
+    ``objects`` (as detections or annotations, named ``dlpixel: <classifier>``) and put ``measurements``
+    ({annotation id: {name: value}}, names prefixed ``<classifier>: ``) on those annotations. Saves with a backup
+    of data.qpdata; returns the data file written (nothing for a live image, whose hierarchy changes in place)."""
+    if not isinstance(classifier, str) or not classifier.strip():
+        raise ConfigError("a classifier name is needed to write results")
+    if object_type not in OBJECT_TYPES:
+        raise ConfigError(f"object type {object_type!r} is not one of {', '.join(OBJECT_TYPES)}")
+    return _write(image, classifier, objects, object_type, measurements, f"results of classifier {classifier!r}")
+
+
+def add_annotations(image: QuPathImage, shapes: list[LabelShape]) -> list[Path]:
+    """Add plain annotations (unnamed unless the shape has a name), saved with a backup of data.qpdata."""
+    image_data = image.read_image_data()
+    objs = shapes_to_path_objects(shapes, "annotation")
+    for obj, shape in zip(objs, [s for s in shapes if s.geometry is not None and not s.geometry.is_empty]):
+        if shape.name:
+            obj.setName(shape.name)
+    hierarchy = image_data.getHierarchy()
+    if objs:
+        getattr(hierarchy, runtime().compat.add_objects)(_j("java.util.ArrayList")(objs))
+        hierarchy.fireHierarchyChangedEvent(hierarchy)
+    if image.live:
+        return []
+    data, _ = _save_with_backup(image, image_data)
+    return [data]
