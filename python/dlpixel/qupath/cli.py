@@ -1,0 +1,70 @@
+"""The QuPath commands for ``dlpixel``: ``images --project P``, ``qupath launch`` and ``bench bridge`` parsers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def _images(args: argparse.Namespace) -> int:
+    from .project import list_images
+
+    for name in list_images(args.project, qupath_dir=args.qupath):
+        print(name)
+    return 0
+
+
+def _launch(args: argparse.Namespace) -> int:
+    from .bridge import launch_gui
+
+    launch_gui(args.qupath, list(args.qupath_args or []))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import bench_bridge
+
+    results = bench_bridge(args.project, image=args.image, tile_size=args.tile_size, downsample=args.downsample,
+                           seconds=args.seconds, qupath_dir=args.qupath)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results], indent=2))
+    else:
+        for r in results:
+            print(r.format())
+    return 0
+
+
+def add_qupath_argument(parser: argparse.ArgumentParser) -> None:
+    """``--qupath DIR``: where QuPath is installed (else QUPATH_HOME, else the usual install places)."""
+    parser.add_argument("--qupath", metavar="DIR", default=None,
+                        help="QuPath installation or folder of QuPath jars (default: $QUPATH_HOME, then the usual"
+                             " install places)")
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add ``images`` and ``qupath launch`` to dlpixel's subcommands; each sets ``func(args) -> exit code``."""
+    images = subparsers.add_parser("images", help="list the images of a QuPath project")
+    images.add_argument("--project", required=True, help="project.qpproj or its folder")
+    add_qupath_argument(images)
+    images.set_defaults(func=_images)
+
+    qupath = subparsers.add_parser("qupath", help="run QuPath in this Python process")
+    qsub = qupath.add_subparsers(dest="qupath_command", required=True)
+    launch = qsub.add_parser("launch", help="start QuPath's GUI with the dlpixel bridge registered")
+    add_qupath_argument(launch)
+    launch.add_argument("qupath_args", nargs=argparse.REMAINDER, help="arguments passed on to QuPath")
+    launch.set_defaults(func=_launch)
+
+
+def register_bench_cli(bench_subparsers: Any) -> None:
+    """Add ``bridge`` under ``dlpixel bench``: MB/s of readRegion alone and with conversion to numpy."""
+    p = bench_subparsers.add_parser("bridge", help="pixel throughput through the QuPath bridge")
+    p.add_argument("--project", required=True, help="project.qpproj or its folder")
+    p.add_argument("--image", default=None, help="one image of the project (default: all)")
+    p.add_argument("--tile-size", type=int, default=512)
+    p.add_argument("--downsample", type=float, default=1.0)
+    p.add_argument("--seconds", type=float, default=2.0, help="time per image")
+    p.add_argument("--json", action="store_true")
+    add_qupath_argument(p)
+    p.set_defaults(func=_bench)
