@@ -360,6 +360,7 @@ def test_registered_bridge_called_from_java(project_dir, monkeypatch):
     assert reply == {"ok": True, "result": {"command": "apply", "image": "rgb.tif", "n_annotations": len(SHAPES),
                                             "selected": ["Tumor", "Stroma"], "project": str(project_dir.resolve())}}
     assert isinstance(seen["project"], QuPathProject) and isinstance(seen["imageData"], QuPathImage)
+    assert seen["project_object"] is seen["project"]
     assert seen["threshold"] == 0.5 and seen["label"] == "x"
 
 
@@ -376,7 +377,9 @@ def test_cli_images(project_dir, capsys, qupath_dir):
 
     parser = argparse.ArgumentParser(prog="dlpixel")
     sub = parser.add_subparsers(dest="command")
+    sub.add_parser("qupath").add_subparsers(dest="qupath_command").add_parser("install")
     register_cli(sub)
+    assert set(sub.choices["qupath"]._subparsers._group_actions[0].choices) == {"install", "launch"}
     register_bench_cli(sub.add_parser("bench").add_subparsers(dest="bench_command"))
     args = parser.parse_args(["images", "--project", str(project_dir), "--qupath", str(qupath_dir)])
     assert args.func(args) == 0

@@ -93,8 +93,8 @@ def _python_value(value: Any) -> Any:
 
 
 def context_to_python(jmap: Any) -> dict:
-    """The Java context map as a dict: strings and numbers as Python values, ``project`` as a QuPathProject,
-    ``imageData`` as a live QuPathImage, ``selected`` (path objects) as LabelShapes; other values stay Java objects."""
+    """The Java context map as a dict: strings and numbers as Python values, ``project`` as a QuPathProject (also
+    under ``project_object``, where dlpixel.requests looks for a live project), ``imageData`` as a live QuPathImage, ``selected`` (path objects) as LabelShapes; other values stay Java objects."""
     if jmap is None:
         return {}
     if isinstance(jmap, dict):
@@ -105,7 +105,7 @@ def context_to_python(jmap: Any) -> dict:
     Collection = jpype.JClass("java.util.Collection")
     project = out.get("project")
     if isinstance(project, Project):
-        out["project"] = project = QuPathProject.from_java(project)
+        out["project"] = out["project_object"] = project = QuPathProject.from_java(project)
     image_data = out.get("imageData")
     if isinstance(image_data, ImageData):
         out["imageData"] = QuPathImage.from_image_data(
