@@ -352,7 +352,11 @@ def _download(spec: WeightSpec, target: Path) -> Path:
             while chunk := response.read(1 << 20):
                 digest.update(chunk)
                 out.write(chunk)
-        _check_digest(spec, target, digest.hexdigest())
+        if spec.sha256 is not None and digest.hexdigest() != spec.sha256:
+            raise WeightsError(
+                f"{spec.key} weights downloaded from {spec.url} have sha256 {digest.hexdigest()}, expected "
+                f"{spec.sha256}; the file was not kept"
+            )
         os.replace(temp, target)
     except (urllib.error.URLError, OSError) as err:
         temp.unlink(missing_ok=True)
