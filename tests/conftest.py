@@ -19,23 +19,23 @@ CLASSES = ("Background", "Nucleus", "Fibre")
 COLORS = {"Background": [200, 200, 200], "Nucleus": [0, 0, 200], "Fibre": [200, 0, 0]}
 
 
-def synthetic_image(size: int = 192, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_image(size: int = 320, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """An RGB uint8 image of bluish disks (Nucleus) and reddish bands (Fibre) on a light noisy background, and its
     true class map (0 Background, 1 Nucleus, 2 Fibre)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
     truth = np.zeros((size, size), np.uint8)
-    band = (np.abs(((xx + 0.6 * yy) % 96) - 48) < 9)
+    band = (np.abs(((xx + 0.6 * yy) % 112) - 56) < 14)
     truth[band] = 2
-    for _ in range(size * size // 1400):
-        cy, cx, r = rng.integers(8, size - 8), rng.integers(8, size - 8), rng.integers(5, 9)
+    for _ in range(size * size // 5000):
+        cy, cx, r = rng.integers(12, size - 12), rng.integers(12, size - 12), rng.integers(10, 17)
         truth[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 1
     palette = np.array([[225, 215, 220], [70, 60, 160], [200, 90, 110]], np.float32)
     img = palette[truth] + rng.normal(0, 12, (size, size, 3))
     return np.clip(img, 0, 255).astype(np.uint8), truth
 
 
-def strokes_from_truth(truth: np.ndarray, per_class: int = 6, seed: int = 1) -> list[dict]:
+def strokes_from_truth(truth: np.ndarray, per_class: int = 16, seed: int = 1) -> list[dict]:
     """Sparse annotations well inside each class: small disks and short lines, as GeoJSON features."""
     from scipy import ndimage as ndi
 
@@ -43,13 +43,14 @@ def strokes_from_truth(truth: np.ndarray, per_class: int = 6, seed: int = 1) -> 
     feats = []
     for k, name in enumerate(CLASSES):
         dist = ndi.distance_transform_edt(truth == k)
-        cand = np.argwhere(dist >= 4)
         for i in range(per_class):
+            # Half the marks sit near a class boundary, where the model has to learn where one class ends.
+            cand = np.argwhere((dist >= 3) & (dist <= 5) if i % 2 else dist >= 6)
             y, x = cand[rng.integers(len(cand))]
-            if i % 2 == 0 or dist[y, x] < 6:
+            if i % 2 == 0:
                 geom = shapely.Point(x + 0.5, y + 0.5).buffer(min(dist[y, x] - 1.5, 8), quad_segs=4)
             else:
-                geom = shapely.LineString([(x - 1.5, y + 0.5), (x + 2.5, y + 0.5)])
+                geom = shapely.LineString([(x - 0.5, y + 0.5), (x + 1.5, y + 0.5)])
             feats.append({"type": "Feature", "id": f"{name}-{i}", "geometry": mapping(geom),
                           "properties": {"objectType": "annotation",
                                          "classification": {"name": name, "color": COLORS[name]}}})
@@ -68,7 +69,7 @@ def write_folder_project(folder: Path, images: dict[str, tuple[np.ndarray, list[
 
 @pytest.fixture
 def synthetic_project(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
-    """A folder project with one 192 px synthetic image, sparse annotations, and the image's full truth."""
+    """A folder project with one 320 px synthetic image, sparse annotations, and the image's full truth."""
     img, truth = synthetic_image()
     folder = write_folder_project(tmp_path / "project", {"synthetic.tif": (img, strokes_from_truth(truth))})
     return folder, img, truth

@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_progress_flags(p)
     p.set_defaults(func=cmd_request)
 
-    for module in ("dlpixel.inference.cli", "dlpixel.scripting", "dlpixel.qupath.cli", "dlpixel.bench"):
+    for module in ("dlpixel.inference.cli", "dlpixel.scripting", "dlpixel.qupath.cli", "dlpixel.qupath_install", "dlpixel.bench"):
         _register(sub, module)
     return parser
 

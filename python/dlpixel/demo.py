@@ -24,9 +24,9 @@ DEMO_SETTINGS: dict[str, Any] = {
     "pretrained": True,
     "tile_size": 64,
     "tile_overlap": 25,
-    "epochs": 40,
+    "epochs": 30,
     "batch_size": 8,
-    "early_stop_patience": 12,
+    "early_stop_patience": 8,
     "line_stroke_width": 5,
 }
 

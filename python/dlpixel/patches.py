@@ -207,11 +207,19 @@ def _split_by_blocks(
     n_classes: int,
 ) -> Split:
     extent = int(round(tile_size * downsample))
+
+    def group(block: int) -> dict[tuple[int, int, int], list[int]]:
+        out: dict[tuple[int, int, int], list[int]] = {}
+        for i, t in enumerate(tiles):
+            out.setdefault((t.image, (t.x + extent // 2) // block, (t.y + extent // 2) // block), []).append(i)
+        return out
+
+    # Blocks of 2 × 2 tiles; single tiles where that leaves too few blocks to choose from (small images).
     block = 2 * extent
-    blocks: dict[tuple[int, int, int], list[int]] = {}
-    for i, t in enumerate(tiles):
-        cx, cy = t.x + extent // 2, t.y + extent // 2
-        blocks.setdefault((t.image, cx // block, cy // block), []).append(i)
+    blocks = group(block)
+    if len(blocks) < 10:
+        block = extent
+        blocks = group(block)
     keys = sorted(blocks)
     if len(keys) < 2:
         raise DataError(
@@ -231,7 +239,7 @@ def _split_by_blocks(
             continue
         for k in sorted((k for k in keys if k not in val_keys and counts[k][c] > 0),
                         key=lambda k: counts[k].sum()):
-            if (total - val_counts - counts[k])[c] > 0 and val_counts.sum() + counts[k].sum() <= max(target, 1) * 2:
+            if (total - val_counts - counts[k])[c] > 0 and val_counts.sum() + counts[k].sum() <= max(target, 1) * 1.5:
                 val_keys.append(k)
                 val_counts += counts[k]
                 break

@@ -209,7 +209,7 @@ def train_classifier(
             device=result.device,
             precision=result.precision,
         ),
-        weights=WeightProvenanceInfo(**provenance) if provenance else None,
+        weights=WeightProvenanceInfo(**provenance.to_dict()) if provenance else None,
         software=software_versions(),
     )
     cancel.check()

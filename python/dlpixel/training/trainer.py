@@ -235,9 +235,10 @@ def fit(
                 scaler.update()
                 if step_on == "batch":
                     scheduler.step()
-                running += float(loss) * len(x)
+                value = float(loss.detach())
+                running += value * len(x)
                 seen += len(x)
-                emit("batch", epoch=epoch, batch=step, batches=len(train_loader), loss=float(loss))
+                emit("batch", epoch=epoch, batch=step, batches=len(train_loader), loss=value)
             cancel.check()
             train_loss = running / max(seen, 1)
             val_loss, cm = evaluate(model, val_loader, loss_fn, n_classes, device, amp)

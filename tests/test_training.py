@@ -1,0 +1,113 @@
+"""End-to-end training on synthetic images whose full truth is known, and what a run must leave behind."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import CLASSES
+from dlpixel import store
+from dlpixel.cli import main
+from dlpixel.config import TrainingConfig
+from dlpixel.errors import Cancelled
+from dlpixel.metadata import ClassifierMetadata
+from dlpixel.preprocessing import read_tile, stats_for
+from dlpixel.projects import open_project
+from dlpixel.training.events import CancelToken
+from dlpixel.training.run import train_classifier
+
+FAST = {
+    "backbone": "efficientnet-lite0",
+    "tile_size": 64,
+    "tile_overlap": 0,
+    "epochs": 15,
+    "early_stop_patience": 0,
+    "batch_size": 4,
+    "learning_rate": 0.003,
+    "line_stroke_width": 3,
+}
+
+
+def predict_whole_image(entry: store.ClassifierEntry, project_dir, image_name: str) -> np.ndarray:
+    from dlpixel.models.factory import create_model
+
+    meta = entry.metadata
+    model, _ = create_model(meta.backbone, meta.preprocessing.n_inputs, len(meta.classes), pretrained=False)
+    model.load_state_dict(torch.load(entry.path / store.WEIGHTS))
+    model.eval()
+    src = open_project(project_dir).image(image_name).open()
+    x = read_tile(src, meta.preprocessing, stats_for(src, meta.preprocessing), 1.0, 0, 0, src.width)
+    with torch.inference_mode():
+        return model(torch.from_numpy(x.transpose(2, 0, 1))[None]).argmax(1)[0].numpy()
+
+
+def iou(pred: np.ndarray, truth: np.ndarray, k: int) -> float:
+    return float(((pred == k) & (truth == k)).sum() / ((pred == k) | (truth == k)).sum())
+
+
+def test_sparse_strokes_reach_iou_09_against_full_truth(synthetic_project):
+    folder, _, truth = synthetic_project
+    events = []
+    entry = train_classifier(open_project(folder), "synthetic", TrainingConfig(**FAST), listeners=[events.append])
+    pred = predict_whole_image(entry, folder, "synthetic.tif")
+    meta = entry.metadata
+    assert meta.class_names == ["Background", "Fibre", "Nucleus"]  # sorted by name when not given
+    truth = np.array([meta.class_names.index(c) for c in CLASSES], np.uint8)[truth]
+    ious = [iou(pred, truth, k) for k in range(3)]
+    assert min(ious) >= 0.8 and np.mean(ious) >= 0.9, ious
+
+    assert meta.results is not None and 0 < meta.results.mean_iou <= 1
+    history = json.loads((entry.path / store.HISTORY).read_text())
+    assert len(history) == FAST["epochs"] and history[meta.results.best_epoch - 1]["mean_iou"] == meta.results.mean_iou
+    assert meta.split["method"] == "by_blocks" and meta.split["val_tiles"] > 0
+    assert set(meta.labelled_pixels["val"]) == set(meta.class_names)
+    assert {e["event"] for e in events} >= {"stage", "extract", "batch", "epoch", "done"}
+    assert (entry.path / store.ONNX).stat().st_size > 0
+
+
+def test_metadata_gives_back_the_same_settings(synthetic_project, tmp_path):
+    folder, _, _ = synthetic_project
+    cfg = TrainingConfig(**{**FAST, "epochs": 1, "scheduler": "cosine", "loss": "focal_dice",
+                            "class_weights": {"Nucleus": 2.0}, "augment": {"elastic": True}, "seed": 7})
+    entry = train_classifier(open_project(folder), "settings", cfg)
+    reread = ClassifierMetadata.read(entry.path / store.METADATA)
+    assert TrainingConfig(**store.load_settings(folder, "settings")) == cfg
+    assert reread.training == cfg
+    assert store.retrain_name("settings").startswith("Retrain_settings_")
+    # --from-model fills every setting; --set still wins; the name defaults to Retrain_<Name>_<date>.
+    assert main(["train", "--project", str(folder), "--from-model", "settings", "--set", "epochs=1", "--quiet"]) == 0
+    retrained = store.list_classifiers(folder)[0]
+    assert retrained.name == store.retrain_name("settings")
+    assert retrained.metadata.training == cfg.model_copy(update={"epochs": 1})
+
+
+def test_a_cancelled_run_leaves_nothing(synthetic_project):
+    folder, _, _ = synthetic_project
+    token = CancelToken()
+
+    def cancel_after_first_epoch(event):
+        if event["event"] == "epoch":
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        train_classifier(open_project(folder), "cancelled", TrainingConfig(**{**FAST, "epochs": 3}),
+                         listeners=[cancel_after_first_epoch], cancel=token)
+    root = store.classifiers_dir(folder)
+    assert not root.exists() or list(root.iterdir()) == []
+
+
+def test_an_existing_classifier_is_kept_unless_overwrite(synthetic_project, capsys):
+    folder, _, _ = synthetic_project
+    args = ["train", "--project", str(folder), "--name", "keep", "--set", "epochs=1", "--set", "tile_size=64",
+            "--set", "backbone=resnet18", "--set", "pretrained=false", "--quiet"]
+    assert main(args) == 0
+    before = (store.classifier_dir(folder, "keep") / store.METADATA).read_text()
+    assert main(args) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (store.classifier_dir(folder, "keep") / store.METADATA).read_text() == before
+    assert main(args + ["--overwrite"]) == 0
+    assert (store.classifier_dir(folder, "keep") / store.METADATA).read_text() != before
+    assert [p.name for p in store.classifiers_dir(folder).iterdir()] == ["keep"]
