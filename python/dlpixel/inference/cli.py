@@ -1,0 +1,71 @@
+"""``dlpixel apply``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..config import InferenceConfig, build_config, load_config_file, parse_overrides
+
+
+def inference_settings(args: argparse.Namespace) -> InferenceConfig:
+    """Settings from ``--config``, then ``--set``, then the dedicated flags (later wins)."""
+    layers: list[dict[str, Any]] = []
+    if args.config:
+        layers.append(load_config_file(args.config))
+    layers.append(parse_overrides(args.set or []))
+    flags = {
+        "output": args.output, "scope": args.scope, "tile_size": args.tile_size, "overlap": args.overlap,
+        "batch_size": args.batch_size, "device": args.device, "backend": args.backend,
+        "object_type": args.object_type, "min_object_area": args.min_object_area,
+        "min_hole_area": args.min_hole_area, "simplify": args.simplify,
+    }
+    layers.append({k: v for k, v in flags.items() if v is not None})
+    return build_config(InferenceConfig, *layers, source="settings")
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from ..cli import _cancel_on_sigint, _listener
+    from ..projects import open_project
+    from .run import apply_classifier
+
+    cfg = inference_settings(args)
+    listener = _listener(args)
+    project = open_project(args.project, qupath_dir=args.qupath)
+    try:
+        written = apply_classifier(project, args.classifier, cfg, args.image or None, listeners=[listener],
+                                   cancel=_cancel_on_sigint())
+    finally:
+        getattr(listener, "close", lambda: None)()
+        project.close()
+    if args.events != "jsonl":
+        for path in written:
+            print(path)
+    return 0
+
+
+def register_cli(sub: Any) -> None:
+    from ..cli import _add_progress_flags, _add_project
+
+    fields = InferenceConfig.model_fields
+    p = sub.add_parser("apply", help="apply a classifier to a project's images")
+    _add_project(p)
+    p.add_argument("--classifier", required=True, help="name of the classifier in the project")
+    p.add_argument("--image", action="append", help="image to process (repeat; default: every image)")
+    p.add_argument("--output", choices=["measurements", "objects", "map", "probabilities"],
+                   help="what to write (default: measurements)")
+    p.add_argument("--scope", choices=["annotations", "selected", "image"],
+                   help=fields["scope"].description.split("\n")[0] if fields["scope"].description else None)
+    p.add_argument("--tile-size", type=int, help="tile size in pixels (default: the classifier's)")
+    p.add_argument("--overlap", type=int, help="pixels shared by neighbouring tiles (default: a quarter tile)")
+    p.add_argument("--batch-size", type=int, help="tiles per batch (default: 8)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--backend", choices=["auto", "torch", "onnx"])
+    p.add_argument("--object-type", choices=["detection", "annotation"])
+    p.add_argument("--min-object-area", type=float, help="µm² when calibrated, else px²")
+    p.add_argument("--min-hole-area", type=float, help="µm² when calibrated, else px²")
+    p.add_argument("--simplify", type=float, help="polygon simplification tolerance in pixels")
+    p.add_argument("--config", help="JSON file of inference settings")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="one inference setting (repeat)")
+    _add_progress_flags(p)
+    p.set_defaults(func=cmd_apply)

@@ -1,0 +1,163 @@
+"""``apply``: a classifier over a project's images, written out as measurements, objects or maps."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+from shapely.strtree import STRtree
+
+from .. import store
+from ..config import InferenceConfig
+from ..errors import ConfigError, DataError
+from ..metadata import ClassifierMetadata
+from ..preprocessing import Preprocessing, resolve_channels, stats_for
+from ..sources.base import ImageSource, LabelShape, Project, ProjectImage
+from ..training.events import CancelToken, Emitter, Listener
+from ..training.run import select_images
+from .predictor import Predictor, load_backend
+
+PIXEL_SIZE_TOLERANCE = 0.25
+"""Relative difference of pixel sizes (image vs training) above which ``apply`` warns."""
+
+
+def check_channels(meta: ClassifierMetadata, source: ImageSource, image: str) -> Preprocessing:
+    """The classifier's preprocessing, with channel indices resolved against this image by name."""
+    pre = meta.preprocessing
+    names = list(source.channel_names)
+    missing = [c for c in pre.channel_names if c not in names]
+    if missing:
+        if len(names) == len(pre.channel_names) and not set(pre.channel_names) & set(names):
+            return pre  # unnamed or renamed channels of the same count: keep the trained order
+        raise DataError(
+            f"image '{image}' lacks the channels {missing} that classifier '{meta.name}' expects "
+            f"(it needs {pre.channel_names}; the image has {names})"
+        )
+    return pre.model_copy(update={"channels": resolve_channels(pre.channel_names, names, image)})
+
+
+def check_pixel_size(meta: ClassifierMetadata, source: ImageSource, image: str, emit: Emitter) -> None:
+    if meta.pixel_size_um is None or source.pixel_size_um is None:
+        return
+    here = source.pixel_size_um * meta.downsample
+    if abs(here - meta.pixel_size_um) > PIXEL_SIZE_TOLERANCE * meta.pixel_size_um:
+        emit.log(
+            f"image '{image}' has {here:.4g} µm pixels at the classifier's downsample, but '{meta.name}' was trained "
+            f"at {meta.pixel_size_um:.4g} µm; results may be poor",
+            level="warning",
+        )
+
+
+def scope_shapes(image: ProjectImage, cfg: InferenceConfig, context: dict[str, Any]) -> list[LabelShape] | None:
+    """The annotations the result is computed for (None = the whole image)."""
+    if cfg.scope == "image":
+        return None
+    shapes = [s for s in image.annotations() if s.kind == "area"]
+    if cfg.scope == "selected":
+        wanted = set(context.get("selected_ids") or [])
+        shapes = [s for s in shapes if s.id in wanted]
+    return shapes
+
+
+def _stem(name: str) -> str:
+    stem = re.sub(r"\.ome\.tiff?$|\.[^.]+$", "", name)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem) or "image"
+
+
+def apply_classifier(
+    project: Project,
+    classifier: str,
+    cfg: InferenceConfig,
+    image_names: Sequence[str] | None = None,
+    listeners: Iterable[Listener] = (),
+    cancel: CancelToken | None = None,
+    context: dict[str, Any] | None = None,
+) -> list[Path]:
+    """Apply ``classifier`` to the images and write the output ``cfg.output``; returns the files written."""
+    from .outputs import AreaAccumulator, ClassMapWriter, ObjectBuilder, write_preview_png
+
+    emit = Emitter(listeners)
+    cancel = cancel or CancelToken()
+    context = context or {}
+    entry = store.load_classifier(project.root, classifier)
+    meta = entry.metadata
+    backend = load_backend(entry.path, meta, cfg.backend, cfg.device)
+    emit("stage", stage="inference", message=f"applying '{classifier}' with {backend.name} on {backend.device}")
+    predictor = Predictor(backend, meta, cfg.tile_size, cfg.overlap, cfg.batch_size, cfg.reader_threads, emit, cancel)
+    class_names = meta.class_names
+    ds = meta.downsample
+    written: list[Path] = []
+    for image in select_images(project, image_names):
+        source = image.open()
+        pre = check_channels(meta, source, image.name)
+        check_pixel_size(meta, source, image.name, emit)
+        local = meta.model_copy(update={"preprocessing": pre})
+        predictor.meta = local
+        stats = stats_for(source, pre)
+        shapes = scope_shapes(image, cfg, context)
+        if shapes is not None and not shapes:
+            emit.log(f"image '{image.name}' has no annotations in scope '{cfg.scope}'; skipped", level="warning")
+            continue
+        grid = predictor.grid(source)
+        window = None
+        tile_filter = None
+        if shapes is not None:
+            bounds = shapely.total_bounds([s.geometry for s in shapes])
+            if bounds[0] >= source.width or bounds[1] >= source.height or bounds[2] <= 0 or bounds[3] <= 0:
+                raise DataError(f"the annotations of image '{image.name}' lie outside it "
+                                f"({source.width} × {source.height} px)")
+            window = (0, int(math.floor(bounds[1] / ds)), grid.width, int(math.ceil(bounds[3] / ds)))
+            tree = STRtree([shapely.transform(s.geometry, lambda c: c / ds) for s in shapes])
+            t = predictor.tile
+
+            def tile_filter(x: int, y: int, tree: STRtree = tree, t: int = t) -> bool:
+                return len(tree.query(shapely.box(x, y, x + t, y + t), predicate="intersects")) > 0
+
+        pixel_size = source.pixel_size_um
+        if cfg.output == "measurements":
+            sink: Any = AreaAccumulator(shapes or [], class_names, ds, pixel_size)
+        elif cfg.output == "objects":
+            sink = ObjectBuilder(class_names, ds, cfg.min_object_area, cfg.min_hole_area, cfg.simplify, pixel_size,
+                                 shapes, cfg.object_type)
+        else:
+            out_dir = project.root / "results" / classifier
+            out_dir.mkdir(parents=True, exist_ok=True)
+            suffix = "classes" if cfg.output == "map" else "probabilities"
+            path = out_dir / f"{_stem(image.name)}.{suffix}.ome.tif"
+            sink = ClassMapWriter(
+                path, grid.width, grid.height, 1 if cfg.output == "map" else len(class_names),
+                pixel_size_um=pixel_size * ds if pixel_size else None,
+                channel_names=["classes"] if cfg.output == "map" else class_names,
+                kind="classes" if cfg.output == "map" else "probabilities",
+            )
+        try:
+            for strip in predictor.strips(source, stats, window, tile_filter, label=image.name):
+                if cfg.output == "probabilities":
+                    data = np.rint(strip.probabilities * 255).astype(np.uint8)
+                    data[~strip.computed] = 0
+                else:
+                    data = strip.classes()
+                sink.add_strip(strip.y, data)
+        except BaseException:
+            if hasattr(sink, "abort"):
+                sink.abort()
+            raise
+        if cfg.output == "measurements":
+            written += image.write_results(classifier, measurements=sink.result())  # type: ignore[attr-defined]
+        elif cfg.output == "objects":
+            written += image.write_results(classifier, objects=sink.result(),  # type: ignore[attr-defined]
+                                           object_type=cfg.object_type)
+        else:
+            sink.close()
+            written.append(path)
+            if cfg.output == "map":
+                preview = path.with_name(path.name.replace(".ome.tif", ".png"))
+                written.append(write_preview_png(preview, path, [tuple(c.color) for c in meta.classes]))
+        emit.log(f"{image.name}: wrote {', '.join(str(p) for p in written[-2:])}")
+    emit("done", message=f"applied '{classifier}': {len(written)} file(s) written", written=[str(p) for p in written])
+    return written
