@@ -79,7 +79,8 @@ def apply_classifier(
     context: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Apply ``classifier`` to the images and write the output ``cfg.output``; returns the files written."""
-    from .outputs import AreaAccumulator, ClassMapWriter, ObjectBuilder, write_preview_png
+    from .outputs import AreaAccumulator, ObjectBuilder
+    from .outputs_map import ClassMapWriter
 
     emit = Emitter(listeners)
     cancel = cancel or CancelToken()
@@ -111,7 +112,9 @@ def apply_classifier(
             if bounds[0] >= source.width or bounds[1] >= source.height or bounds[2] <= 0 or bounds[3] <= 0:
                 raise DataError(f"the annotations of image '{image.name}' lie outside it "
                                 f"({source.width} × {source.height} px)")
-            window = (0, int(math.floor(bounds[1] / ds)), grid.width, int(math.ceil(bounds[3] / ds)))
+            if cfg.output in ("measurements", "objects"):
+                # Maps cover the whole image (uncomputed pixels stay empty); the others need only these rows.
+                window = (0, int(math.floor(bounds[1] / ds)), grid.width, int(math.ceil(bounds[3] / ds)))
             tree = STRtree([shapely.transform(s.geometry, lambda c: c / ds) for s in shapes])
             t = predictor.tile
 
@@ -120,20 +123,23 @@ def apply_classifier(
 
         pixel_size = source.pixel_size_um
         if cfg.output == "measurements":
-            sink: Any = AreaAccumulator(shapes or [], class_names, ds, pixel_size)
+            sink: Any = AreaAccumulator(shapes or [], class_names, ds, pixel_size, classifier=classifier)
         elif cfg.output == "objects":
             sink = ObjectBuilder(class_names, ds, cfg.min_object_area, cfg.min_hole_area, cfg.simplify, pixel_size,
-                                 shapes, cfg.object_type)
+                                 shapes, cfg.object_type, class_colors=[tuple(c.color) for c in meta.classes],
+                                 classifier=classifier)
         else:
             out_dir = project.root / "results" / classifier
             out_dir.mkdir(parents=True, exist_ok=True)
             suffix = "classes" if cfg.output == "map" else "probabilities"
             path = out_dir / f"{_stem(image.name)}.{suffix}.ome.tif"
+            preview = path.with_name(path.name.replace(".ome.tif", ".png"))
             sink = ClassMapWriter(
                 path, grid.width, grid.height, 1 if cfg.output == "map" else len(class_names),
                 pixel_size_um=pixel_size * ds if pixel_size else None,
                 channel_names=["classes"] if cfg.output == "map" else class_names,
                 kind="classes" if cfg.output == "map" else "probabilities",
+                colors=[tuple(c.color) for c in meta.classes], preview=preview,
             )
         try:
             for strip in predictor.strips(source, stats, window, tile_filter, label=image.name):
@@ -154,10 +160,7 @@ def apply_classifier(
                                            object_type=cfg.object_type)
         else:
             sink.close()
-            written.append(path)
-            if cfg.output == "map":
-                preview = path.with_name(path.name.replace(".ome.tif", ".png"))
-                written.append(write_preview_png(preview, path, [tuple(c.color) for c in meta.classes]))
+            written += [path, preview]
         emit.log(f"{image.name}: wrote {', '.join(str(p) for p in written[-2:])}")
     emit("done", message=f"applied '{classifier}': {len(written)} file(s) written", written=[str(p) for p in written])
     return written

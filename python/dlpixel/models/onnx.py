@@ -88,6 +88,8 @@ class OnnxSession:
             self.session = ort.InferenceSession(str(self.path), providers=providers or default_providers())
         except Exception as err:
             raise ClassifierError(f"cannot load ONNX model {self.path}: {err}") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
 
     @property
     def providers(self) -> list[str]:
@@ -97,7 +99,7 @@ class OnnxSession:
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Logits (N, classes, H, W) for a float32 batch (N, C, H, W)."""
         inputs = np.ascontiguousarray(batch, dtype=np.float32)
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: inputs})[0]
+        return self.session.run([self.output_name], {self.input_name: inputs})[0]
 
 
 def onnx_predict(path: str | Path, batch: np.ndarray) -> np.ndarray:

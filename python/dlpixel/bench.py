@@ -1,0 +1,144 @@
+"""``dlpixel bench``: throughput as ratios against the model-only ceiling, on the same device, batch and precision.
+
+``bench inference`` runs the whole ``apply`` path (tile reads by background threads, preprocessing, batching, the
+model, blending, the class-map sink) over an image and compares its tiles per second with the model alone on ready
+tensors: ``pipeline_efficiency`` = end-to-end ÷ model-only. 1.0 means the pipeline adds nothing to the model's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import NormalizationConfig
+
+
+def _bench_classifier(folder: Path, backbone: str, tile_size: int) -> Any:
+    """An untrained 3-class U-Net saved as a classifier (throughput does not depend on the weights)."""
+    import torch
+
+    from . import store
+    from .metadata import ClassifierMetadata, ClassInfo
+    from .models.factory import create_model
+    from .models.onnx import export_onnx
+    from .preprocessing import Preprocessing
+
+    torch.manual_seed(0)
+    model, _ = create_model(backbone, 3, 3, pretrained=False)
+    meta = ClassifierMetadata(
+        name="bench", backbone=backbone, input_channels=["Red", "Green", "Blue"],
+        classes=[ClassInfo(index=i, name=n, color=c) for i, (n, c) in
+                 enumerate([("A", (255, 0, 0)), ("B", (0, 255, 0)), ("C", (0, 0, 255))])],
+        tile_size=tile_size, downsample=1.0,
+        preprocessing=Preprocessing(channels=[0, 1, 2], channel_names=["Red", "Green", "Blue"],
+                                    normalization=NormalizationConfig()),
+    )
+    with store.staging_folder(folder, "bench", overwrite=True) as tmp:
+        torch.save(model.state_dict(), tmp / store.WEIGHTS)
+        export_onnx(model.eval(), tmp / store.ONNX, 3, 3)
+        meta.write(tmp / store.METADATA)
+    return store.load_classifier(folder, "bench")
+
+
+def _bench_image(path: Path, size: int) -> Path:
+    """A textured RGB pyramidal OME-TIFF of ``size`` × ``size`` pixels."""
+    from .sources.images import write_ome_tiff
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    img = np.stack([(xx * 7 + yy * 3) % 256, (xx * yy) % 251, rng.integers(0, 256, (size, size))], -1)
+    return write_ome_tiff(path, img.astype(np.uint8), pixel_size_um=0.5)
+
+
+def bench_inference(
+    size: int = 1536,
+    tile_size: int = 256,
+    batch_size: int = 8,
+    backbone: str = "efficientnet-lite0",
+    backend: str = "auto",
+    device: str = "auto",
+    repeats: int = 1,
+) -> dict[str, Any]:
+    """Tiles per second of ``apply`` end to end and of the model alone, and their ratio."""
+    from .inference.outputs_map import ClassMapWriter
+    from .inference.predictor import Predictor, load_backend
+    from .preprocessing import stats_for
+    from .sources.images import FileImageSource
+
+    with tempfile.TemporaryDirectory(prefix="dlpixel-bench-") as tmp:
+        root = Path(tmp)
+        entry = _bench_classifier(root, backbone, tile_size)
+        meta = entry.metadata
+        model = load_backend(entry.path, meta, backend, device)
+        source = FileImageSource(_bench_image(root / "bench.ome.tif", size))
+        predictor = Predictor(model, meta, tile_size, tile_size // 4, batch_size)
+        grid = predictor.grid(source)
+        n_tiles = len(grid.xs) * len(grid.ys)
+
+        ready = np.random.default_rng(1).random((batch_size, 3, tile_size, tile_size), dtype=np.float32)
+        model(ready)  # warm-up
+        n_batches = max(2, int(np.ceil(n_tiles / batch_size)))
+        t0 = time.perf_counter()
+        for _ in range(n_batches * repeats):
+            model(ready)
+        model_tps = n_batches * repeats * batch_size / (time.perf_counter() - t0)
+
+        best = 0.0
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            stats = stats_for(source, meta.preprocessing)
+            with ClassMapWriter(root / "map.ome.tif", grid.width, grid.height, 1, pixel_size_um=0.5,
+                                channel_names=["classes"], kind="classes") as sink:
+                for strip in predictor.strips(source, stats):
+                    sink.add_strip(strip.y, strip.classes())
+            best = max(best, n_tiles / (time.perf_counter() - t0))
+    return {
+        "device": model.device,
+        "backend": model.name,
+        "backbone": backbone,
+        "image_px": size,
+        "tile_size": tile_size,
+        "overlap": tile_size // 4,
+        "batch_size": batch_size,
+        "tiles": n_tiles,
+        "end_to_end_tiles_per_second": round(best, 2),
+        "model_only_tiles_per_second": round(model_tps, 2),
+        "pipeline_efficiency": round(best / model_tps, 3),
+    }
+
+
+def _cmd_inference(args: argparse.Namespace) -> int:
+    result = bench_inference(args.size, args.tile_size, args.batch_size, args.backbone, args.backend, args.device,
+                             args.repeats)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:30s} {value}")
+    return 0
+
+
+def register_cli(sub: Any) -> None:
+    p = sub.add_parser("bench", help="throughput benchmarks that print ratios")
+    bench_sub = p.add_subparsers(dest="bench", required=True)
+    q = bench_sub.add_parser("inference", help="apply end to end vs the model alone (pipeline_efficiency)")
+    q.add_argument("--size", type=int, default=1536, help="side of the synthetic test image in pixels")
+    q.add_argument("--tile-size", type=int, default=256)
+    q.add_argument("--batch-size", type=int, default=8)
+    q.add_argument("--backbone", default="efficientnet-lite0")
+    q.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto")
+    q.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    q.add_argument("--repeats", type=int, default=1)
+    q.add_argument("--json", action="store_true", help="one JSON object")
+    q.set_defaults(func=_cmd_inference)
+    try:
+        from .qupath.cli import register_bench_cli
+    except ImportError:
+        return
+    register_bench_cli(bench_sub)
