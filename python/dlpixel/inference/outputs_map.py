@@ -1,0 +1,322 @@
+"""The ``map`` output: a tiled, pyramidal OME-TIFF of class indices or probabilities (uint8) written from strips
+in bounded memory, and a PNG preview in the class colours.
+
+Each level's tiles are compressed once, as soon as a row of tiles is complete, and appended to a spool file beside
+the output; every reduced level is built on the fly from the rows of the level above (2 × 2 mode for class maps,
+mean for probabilities). ``close`` copies the compressed tiles into the TIFF in the order TIFF wants (channel by
+channel) under a temporary name and renames it into place. Memory: one row of tiles per level.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+import cv2
+import numpy as np
+import tifffile
+from PIL import Image
+
+from ..sources._io import atomic_path
+
+MapKind = Literal["classes", "probabilities"]
+PREVIEW_MAX_SIZE = 2048
+
+
+def reduce_mode(rows: np.ndarray) -> np.ndarray:
+    """Halve an (2n, 2m, C) class map: each 2 × 2 block becomes its most frequent value (the top-left one on ties),
+    so reduced levels show only classes that exist, never a blend of indices."""
+    v = (rows[0::2, 0::2], rows[0::2, 1::2], rows[1::2, 0::2], rows[1::2, 1::2])
+    counts = [sum((v[i] == v[j]).astype(np.uint8) for j in range(4) if j != i) for i in range(4)]
+    out, best = v[0].copy(), counts[0]
+    for i in range(1, 4):
+        better = counts[i] > best
+        out[better] = v[i][better]
+        best = np.maximum(best, counts[i])
+    return out
+
+
+def reduce_mean(rows: np.ndarray) -> np.ndarray:
+    """Halve an (2n, 2m, C) uint8 array by the rounded mean of each 2 × 2 block (probabilities)."""
+    s = rows[0::2, 0::2].astype(np.uint16) + rows[0::2, 1::2] + rows[1::2, 0::2] + rows[1::2, 1::2]
+    return ((s + 2) // 4).astype(np.uint8)
+
+
+def pyramid_factors(height: int, width: int, tile: int) -> list[int]:
+    """Downsample factors of the levels: halved until the longer side fits one tile (as ``write_ome_tiff``)."""
+    factors = [1]
+    while max(height, width) // factors[-1] > tile and min(height, width) // (factors[-1] * 2) >= 1:
+        factors.append(factors[-1] * 2)
+    return factors
+
+
+class _Level:
+    """One pyramid level being filled row by row; full rows of tiles are compressed into the spool."""
+
+    def __init__(self, height: int, width: int, channels: int, tile: int) -> None:
+        self.height, self.width, self.tile = height, width, tile
+        self.rows_in = 0
+        self.buffer = np.zeros((tile, width, channels), np.uint8)
+        self.filled = 0
+        self.pending: np.ndarray | None = None
+        self.n_tx, self.n_ty = math.ceil(width / tile), math.ceil(height / tile)
+        self.offsets = np.zeros((channels, self.n_ty, self.n_tx), np.int64)
+        self.lengths = np.zeros((channels, self.n_ty, self.n_tx), np.int64)
+
+
+class ClassMapWriter:
+    """Stream a class map (``kind="classes"``, one channel of class indices) or class probabilities
+    (``kind="probabilities"``, one uint8 channel per class) into a tiled pyramidal OME-TIFF, strip by strip from
+    the top; ``pixel_size_um`` is the map's own pixel size (full-resolution size × downsample)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        width: int,
+        height: int,
+        channels: int,
+        *,
+        pixel_size_um: float | None = None,
+        channel_names: Sequence[str] | None = None,
+        tile: int = 256,
+        kind: MapKind = "classes",
+        colors: Sequence[tuple[int, int, int]] | None = None,
+        preview: str | Path | None = None,
+        compression_level: int = 6,
+    ) -> None:
+        if kind not in ("classes", "probabilities"):
+            raise ValueError(f"map kind must be 'classes' or 'probabilities', got {kind!r}")
+        if kind == "classes" and channels != 1:
+            raise ValueError(f"a class map has one channel, got {channels}")
+        if width <= 0 or height <= 0 or channels <= 0:
+            raise ValueError(f"invalid map size {width} x {height} x {channels}")
+        if tile <= 0 or tile % 16:
+            raise ValueError(f"tile must be a positive multiple of 16, got {tile}")
+        if channel_names is not None and len(channel_names) != channels:
+            raise ValueError(f"{len(channel_names)} channel names for {channels} channels")
+        self.path = Path(path)
+        self.width, self.height, self.channels, self.tile = width, height, channels, tile
+        self.kind: MapKind = kind
+        self.pixel_size_um = pixel_size_um
+        self.channel_names = list(channel_names) if channel_names is not None else None
+        self.colors = list(colors) if colors is not None else None
+        self.preview = Path(preview) if preview is not None else None
+        self.compression_level = compression_level
+        self.factors = pyramid_factors(height, width, tile)
+        self._levels = [_Level(height // f, width // f, channels, tile) for f in self.factors]
+        self._reduce = reduce_mode if kind == "classes" else reduce_mean
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tiles.tmp", dir=self.path.parent)
+        self._spool_path = Path(name)
+        self._spool: BinaryIO | None = os.fdopen(fd, "w+b")
+        self._spool_size = 0
+        self._done = False
+
+    @property
+    def rows_written(self) -> int:
+        """Rows of level 0 received so far."""
+        return self._levels[0].rows_in
+
+    def add_strip(self, y0: int, strip: np.ndarray) -> None:
+        """Add the next rows of the map; strips arrive in order, top to bottom, each starting where the last ended."""
+        if self._spool is None:
+            raise RuntimeError(f"{self.path}: the map writer is already closed")
+        strip = np.asarray(strip)
+        if strip.ndim == 2:
+            strip = strip[:, :, None]
+        if strip.ndim != 3 or strip.shape[1:] != (self.width, self.channels) or strip.dtype != np.uint8:
+            raise ValueError(
+                f"{self.path}: expected uint8 strips of shape (rows, {self.width}, {self.channels}), "
+                f"got {strip.dtype} {strip.shape}"
+            )
+        if y0 != self.rows_written:
+            raise ValueError(f"{self.path}: strip starts at row {y0}, expected row {self.rows_written}")
+        if y0 + strip.shape[0] > self.height:
+            raise ValueError(f"{self.path}: strip rows {y0}..{y0 + strip.shape[0]} run past the map's {self.height}")
+        self._push(0, strip)
+
+    def _push(self, index: int, rows: np.ndarray) -> None:
+        level = self._levels[index]
+        rows = rows[: level.height - level.rows_in, : level.width]
+        if rows.shape[0] == 0:
+            return
+        start = 0
+        while start < rows.shape[0]:
+            take = min(level.tile - level.filled, rows.shape[0] - start)
+            level.buffer[level.filled : level.filled + take] = rows[start : start + take]
+            level.filled += take
+            level.rows_in += take
+            start += take
+            if level.filled == level.tile or level.rows_in == level.height:
+                self._flush(level)
+        if index + 1 < len(self._levels):
+            if level.pending is not None:
+                rows = np.concatenate([level.pending, rows])
+            even = rows.shape[0] - rows.shape[0] % 2
+            level.pending = rows[even:].copy() if even < rows.shape[0] else None
+            if even:
+                cols = self._levels[index + 1].width * 2
+                self._push(index + 1, self._reduce(rows[:even, :cols]))
+
+    def _flush(self, level: _Level) -> None:
+        """Compress the buffered row of tiles (zero-padded at the edges) into the spool."""
+        assert self._spool is not None
+        ty = (level.rows_in - 1) // level.tile
+        t = level.tile
+        level.buffer[level.filled :] = 0
+        for c in range(self.channels):
+            for tx in range(level.n_tx):
+                block = np.zeros((t, t), np.uint8)
+                part = level.buffer[:, tx * t : (tx + 1) * t, c]
+                block[:, : part.shape[1]] = part
+                data = zlib.compress(block.tobytes(), self.compression_level)
+                level.offsets[c, ty, tx] = self._spool_size
+                level.lengths[c, ty, tx] = len(data)
+                self._spool.write(data)
+                self._spool_size += len(data)
+        level.filled = 0
+
+    def _tiles(self, level: _Level) -> Iterator[bytes]:
+        assert self._spool is not None
+        for c in range(self.channels):
+            for ty in range(level.n_ty):
+                for tx in range(level.n_tx):
+                    self._spool.seek(int(level.offsets[c, ty, tx]))
+                    yield self._spool.read(int(level.lengths[c, ty, tx]))
+
+    def _tile(self, level: _Level, c: int, ty: int, tx: int) -> np.ndarray:
+        assert self._spool is not None
+        self._spool.seek(int(level.offsets[c, ty, tx]))
+        data = self._spool.read(int(level.lengths[c, ty, tx]))
+        return np.frombuffer(zlib.decompress(data), np.uint8).reshape(level.tile, level.tile)
+
+    def _preview_rgb(self, level: _Level) -> np.ndarray:
+        """A whole (small) level in the class colours, decoded from the spool a tile at a time."""
+        t = level.tile
+        rgb = np.zeros((level.height, level.width, 3), np.uint8)
+        for ty in range(level.n_ty):
+            for tx in range(level.n_tx):
+                block = np.stack([self._tile(level, c, ty, tx) for c in range(self.channels)], axis=2)
+                h, w = min(t, level.height - ty * t), min(t, level.width - tx * t)
+                rgb[ty * t : ty * t + h, tx * t : tx * t + w] = colorize(block[:h, :w], self.colors, kind=self.kind)
+        step = max(1, math.ceil(max(rgb.shape[:2]) / PREVIEW_MAX_SIZE))
+        return rgb[::step, ::step]
+
+    def close(self) -> Path:
+        """Write the OME-TIFF (and the preview, when one was asked for) and return its path; the file appears only
+        when complete."""
+        if self._done:
+            return self.path
+        if self._spool is None:
+            raise RuntimeError(f"{self.path}: the map writer was aborted")
+        try:
+            if self.rows_written != self.height:
+                raise ValueError(f"{self.path}: only {self.rows_written} of {self.height} rows were written")
+            self._spool.flush()
+            self._write_tiff()
+            if self.preview is not None:
+                small = next((lv for lv in self._levels if max(lv.height, lv.width) <= PREVIEW_MAX_SIZE),
+                             self._levels[-1])
+                _write_png(self.preview, self._preview_rgb(small))
+        except BaseException:
+            self.abort()
+            raise
+        self._release()
+        self._done = True
+        return self.path
+
+    def _write_tiff(self) -> None:
+        metadata: dict[str, Any] = {"axes": "CYX"}
+        options: dict[str, Any] = {
+            "tile": (self.tile, self.tile),
+            "photometric": "minisblack",
+            "compression": "zlib",
+            "dtype": np.uint8,
+            "maxworkers": 1,
+        }
+        if self.pixel_size_um is not None:
+            size = float(self.pixel_size_um)
+            metadata.update(PhysicalSizeX=size, PhysicalSizeXUnit="µm", PhysicalSizeY=size, PhysicalSizeYUnit="µm")
+            options.update(resolution=(1e4 / size, 1e4 / size), resolutionunit="CENTIMETER")
+        if self.channel_names is not None:
+            metadata["Channel"] = {"Name": self.channel_names}
+        bigtiff = self._spool_size > 2**31
+        with atomic_path(self.path) as tmp, tifffile.TiffWriter(tmp, bigtiff=bigtiff, ome=True) as tw:
+            base = self._levels[0]
+            tw.write(self._tiles(base), shape=(self.channels, base.height, base.width),
+                     subifds=len(self._levels) - 1, metadata=metadata, **options)
+            options.pop("resolution", None)
+            options.pop("resolutionunit", None)
+            for level in self._levels[1:]:
+                tw.write(self._tiles(level), shape=(self.channels, level.height, level.width),
+                         subfiletype=1, metadata=None, **options)
+
+    def _release(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+        self._spool_path.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        """Drop everything written so far; the output path is left untouched."""
+        self._release()
+
+    def __enter__(self) -> ClassMapWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def default_colors(n: int) -> list[tuple[int, int, int]]:
+    """Distinct colours for ``n`` classes when the classifier has none; class i gets the same colour whatever n."""
+    hues = (np.arange(n) * 0.618034 % 1.0 * 180).astype(np.uint8)
+    hsv = np.stack([hues, np.full(n, 200, np.uint8), np.full(n, 230, np.uint8)], axis=1)[None]
+    return [(int(r), int(g), int(b)) for r, g, b in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0]]
+
+
+def colorize(
+    array: np.ndarray, colors: Sequence[tuple[int, int, int]] | None = None, *, kind: MapKind = "classes"
+) -> np.ndarray:
+    """RGB of a class map (H, W[, 1]) in the class colours (black where there is no class), or of probabilities
+    (H, W, K) as the probability-weighted mix of the colours."""
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if kind == "classes":
+        table = colors if colors is not None else default_colors(255)
+        palette = np.zeros((256, 3), np.uint8)
+        palette[: min(len(table), 256)] = np.asarray(table, np.uint8).reshape(-1, 3)[:256]
+        return palette[array[:, :, 0]]
+    k = array.shape[2]
+    table = np.asarray(colors if colors is not None else default_colors(k), np.float32).reshape(k, 3)
+    return np.clip(np.rint(array.astype(np.float32) @ table / 255.0), 0, 255).astype(np.uint8)
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> Path:
+    with atomic_path(path) as tmp:
+        Image.fromarray(rgb, "RGB").save(tmp, format="PNG")
+    return path
+
+
+def write_preview_png(
+    path: str | Path,
+    array: np.ndarray,
+    colors: Sequence[tuple[int, int, int]] | None = None,
+    *,
+    kind: MapKind = "classes",
+    max_size: int = PREVIEW_MAX_SIZE,
+) -> Path:
+    """A PNG preview of a (small) class map or probability map (see ``colorize``), shrunk by a whole factor to at
+    most ``max_size`` on its longer side, so a map can be checked at a glance."""
+    array = np.asarray(array)
+    step = max(1, math.ceil(max(array.shape[:2]) / max_size))
+    return _write_png(Path(path), colorize(array[::step, ::step], colors, kind=kind))
