@@ -242,6 +242,8 @@ class ObjectBuilder:
             raise ValueError(f"object type {object_type!r} is not one of {', '.join(get_args(ObjectType))}")
         if min(min_object_area, min_hole_area, simplify) < 0:
             raise ValueError("minimum areas and simplification must not be negative")
+        if len(class_names) > NO_CLASS:
+            raise ValueError(f"at most {NO_CLASS} classes fit a uint8 class map, got {len(class_names)}")
         if class_colors is not None and len(class_colors) != len(class_names):
             raise ValueError(f"{len(class_colors)} colours for {len(class_names)} classes")
         self.class_names = list(class_names)
