@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,6 +18,10 @@ from ..preprocessing import Preprocessing, dataset_stats, image_stats, resolve_c
 from ..sources.base import ImageSource, LabelShape, Project, ProjectImage
 from .. import store
 from .events import CancelToken, Emitter, Listener
+
+if TYPE_CHECKING:
+    from ..patches import PatchCache
+    from .trainer import FitResult
 
 PALETTE = [
     (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
@@ -94,6 +100,21 @@ def _pixel_size(sources: Sequence[ImageSource], downsample: float, emit: Emitter
     if hi > lo * 1.1:
         emit.log(f"the training images have different pixel sizes ({lo:.4g}-{hi:.4g} µm)", level="warning")
     return float(np.median(sizes)) * downsample  # type: ignore[arg-type]
+
+
+def _write_report(folder: Path, meta: ClassifierMetadata, result: FitResult, cache: PatchCache,
+                  val: Sequence[int], names: Sequence[str], emit: Emitter) -> None:
+    """``report.html`` with the best model's predictions on a few validation tiles; a failure only warns, since
+    the classifier itself is complete."""
+    from ..report import pick_sample_tiles, predict_samples, write_report
+
+    try:
+        tiles = pick_sample_tiles(cache.masks, val, len(meta.classes))
+        captions = [f"{names[cache.tiles[i].image]} at ({cache.tiles[i].x}, {cache.tiles[i].y})" for i in tiles]
+        write_report(folder, meta, result.history,
+                     predict_samples(result.model, cache.images, cache.masks, tiles, captions))
+    except Exception as err:  # noqa: BLE001
+        emit.log(f"the training report ({store.REPORT}) could not be written: {err}", level="warning")
 
 
 def train_classifier(
@@ -219,6 +240,7 @@ def train_classifier(
         export_onnx(result.model, tmp / store.ONNX, pre.n_inputs, n_classes)
         store.write_json(tmp / store.HISTORY, result.history)
         meta.write(tmp / store.METADATA)
+        _write_report(tmp, meta, result, cache, split.val, names, emit)
         cancel.check()
     entry = store.load_classifier(project.root, name)
     emit("done", name=name, path=str(entry.path), mean_iou=result.mean_iou, best_epoch=result.best_epoch,
