@@ -145,8 +145,20 @@ def cmd_models(args: argparse.Namespace) -> int:
     if not args.name:
         raise ConfigError(f"`dlpixel models {args.action}` needs a classifier NAME")
     if args.action == "show":
+        from .report import summary_text
+
         entry = store.load_classifier(root, args.name)
-        print(entry.metadata.model_dump_json(indent=2))
+        if args.json:
+            print(entry.metadata.model_dump_json(indent=2))
+        else:
+            print(summary_text(entry.metadata, entry.path))
+        if args.open:
+            import webbrowser
+
+            report = entry.path / store.REPORT
+            if not report.exists():
+                raise ConfigError(f"'{args.name}' has no {store.REPORT} in {entry.path}; retrain it to get one")
+            webbrowser.open(report.as_uri())
         return 0
     if args.action == "delete":
         print(f"deleted {store.delete_classifier(root, args.name)}")
@@ -222,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_project(p)
     p.add_argument("--file", help="zip file for export/import")
     p.add_argument("--overwrite", action="store_true", help="import over an existing classifier")
+    p.add_argument("--json", action="store_true", help="show: print the full metadata as JSON")
+    p.add_argument("--open", action="store_true", help="show: open the training report in a web browser")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("request", help="run one JSON request (used by QuPath's Groovy helper)")
