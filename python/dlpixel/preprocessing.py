@@ -17,7 +17,7 @@ from .config import NormalizationConfig, NormStrategy
 from .errors import ConfigError
 from .sources.base import ImageSource
 
-STATS_MAX_SIDE = 2048
+STATS_MAX_SIDE = 1024
 """Image-level statistics are computed from a read whose longer side is at most this many pixels."""
 
 

@@ -88,6 +88,7 @@ class OnnxSession:
             self.session = ort.InferenceSession(str(self.path), providers=providers or default_providers())
         except Exception as err:
             raise ClassifierError(f"cannot load ONNX model {self.path}: {err}") from None
+        # Models exported elsewhere name their input and output freely: use the session's own names.
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
 
