@@ -57,7 +57,7 @@ def _bench_image(path: Path, size: int) -> Path:
 
 
 def bench_inference(
-    size: int = 1536,
+    size: int = 2048,
     tile_size: int = 256,
     batch_size: int = 8,
     backbone: str = "efficientnet-lite0",
@@ -128,7 +128,7 @@ def register_cli(sub: Any) -> None:
     p = sub.add_parser("bench", help="throughput benchmarks that print ratios")
     bench_sub = p.add_subparsers(dest="bench", required=True)
     q = bench_sub.add_parser("inference", help="apply end to end vs the model alone (pipeline_efficiency)")
-    q.add_argument("--size", type=int, default=1536, help="side of the synthetic test image in pixels")
+    q.add_argument("--size", type=int, default=2048, help="side of the synthetic test image in pixels")
     q.add_argument("--tile-size", type=int, default=256)
     q.add_argument("--batch-size", type=int, default=8)
     q.add_argument("--backbone", default="efficientnet-lite0")

@@ -94,7 +94,11 @@ def _stats_from_pixels(pixels: np.ndarray, norm: NormalizationConfig) -> Channel
 
 
 def stats_read_downsample(source: ImageSource) -> float:
-    return max(1.0, max(source.width, source.height) / STATS_MAX_SIDE)
+    """The downsample of the statistics read: the image fits in ``STATS_MAX_SIDE`` pixels, taken from a stored
+    pyramid level when one is close enough (a cheap read), at most twice as coarse as needed."""
+    target = max(1.0, max(source.width, source.height) / STATS_MAX_SIDE)
+    stored = [d for d in source.downsamples if target <= d <= 2 * target]
+    return min(stored) if stored else target
 
 
 def sample_pixels(source: ImageSource, channels: Sequence[int]) -> np.ndarray:
