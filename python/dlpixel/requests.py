@@ -71,6 +71,14 @@ def _apply(request: dict[str, Any], context: dict[str, Any], listeners: list[Lis
     classifier = request.get("classifier")
     if not classifier:
         raise ConfigError("the apply request names no 'classifier'")
+    if cfg.scope == "selected":
+        # The Groovy helper sends the selected objects' ids when it runs dlpixel as a separate process; in-process,
+        # the bridge passes the selection itself.
+        ids = request.get("selected") or [s.id for s in context.get("selected") or [] if getattr(s, "id", None)]
+        if not ids:
+            raise ConfigError("scope 'selected' needs selected annotations: select some in QuPath, or use "
+                              "scope 'annotations'")
+        context = {**context, "selected_ids": [str(i) for i in ids]}
     project = _project(request, context)
     try:
         written = apply_classifier(project, classifier, cfg, request.get("images") or None, listeners=listeners,
