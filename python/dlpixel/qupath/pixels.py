@@ -26,65 +26,95 @@ _PIXEL_DTYPES = {
 _BUFFER_DTYPES = {0: np.dtype(np.uint8), 1: np.dtype(np.uint16), 2: np.dtype(np.int16), 3: np.dtype(np.int32),
                   4: np.dtype(np.float32), 5: np.dtype(np.float64)}
 _PACKED_RGB_TYPES = (1, 2, 3)  # BufferedImage.TYPE_INT_RGB, TYPE_INT_ARGB, TYPE_INT_ARGB_PRE
+# Bytes of a packed 0xAARRGGBB int in memory are B, G, R, A on little-endian machines and A, R, G, B on big-endian.
+_RGB_BYTES = slice(2, None, -1) if sys.byteorder == "little" else slice(1, None)
+_SAMPLE_MODELS: dict[str, Any] = {}
+
+
+def _component_sample_model() -> Any:
+    if "component" not in _SAMPLE_MODELS:
+        _SAMPLE_MODELS["component"] = jpype.JClass("java.awt.image.ComponentSampleModel")
+    return _SAMPLE_MODELS["component"]
 
 
 def _java_array(arr: Any, dtype: np.dtype) -> np.ndarray:
-    """A numpy view of a Java primitive array through the buffer protocol (no element-by-element copy)."""
+    """A read-only numpy array over a Java primitive array through the buffer protocol: JPype hands over one
+    JNI copy of the elements, which the array then owns (no element-by-element conversion)."""
     return np.frombuffer(memoryview(arr), dtype=dtype)
 
 
-def _unpack_rgb(packed: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Packed 0xAARRGGBB ints as (H, W, 3) uint8: one byte-swapping copy, then a view that skips the alpha byte."""
-    if sys.byteorder == "little":
-        return packed.byteswap().view(np.uint8).reshape(h, w, 4)[..., 1:]
-    out = np.empty((h, w, 3), np.uint8)
-    p = packed.reshape(h, w)
-    out[..., 0] = (p >> 16) & 255
-    out[..., 1] = (p >> 8) & 255
-    out[..., 2] = p & 255
-    return out
+def _unpack_rgb(packed: Any, h: int, w: int) -> np.ndarray:
+    """A Java int[] of packed 0xAARRGGBB pixels as an (H, W, 3) uint8 view of its bytes: the one copy is the JNI
+    copy; R, G, B are picked by strides, so nothing is shifted or byte-swapped."""
+    return _java_array(packed, np.dtype(np.uint8)).reshape(h, w, 4)[..., _RGB_BYTES]
+
+
+def _arithmetic_step(values: list[int]) -> int | None:
+    """The common difference of ``values`` (0 for a single value), or None when they are not evenly spaced."""
+    if len(values) == 1:
+        return 0
+    step = values[1] - values[0]
+    ok = step != 0 and all(b - a == step for a, b in zip(values, values[1:]))
+    return step if ok else None
+
+
+def _component_to_numpy(raster: Any, buf: Any, sm: Any, dtype: np.dtype, w: int, h: int, tx: int,
+                        ty: int) -> np.ndarray:
+    """Pixels of a ComponentSampleModel raster: one pixel-interleaved bank as a strided view of its single JNI
+    copy; several banks (one per channel, QuPath's usual layout) copied band by band into a channel-first array,
+    each bank released as soon as it is copied so that large temporary buffers do not pile up."""
+    nb = int(raster.getNumBands())
+    pixel_stride = int(sm.getPixelStride())
+    scanline = int(sm.getScanlineStride())
+    bank_indices = [int(i) for i in sm.getBankIndices()]
+    band_offsets = [int(i) for i in sm.getBandOffsets()]
+    bank_offsets = [int(i) for i in buf.getOffsets()]
+    base = -ty * scanline - tx * pixel_stride
+    size = dtype.itemsize
+    if len(set(bank_indices)) == 1:
+        step = _arithmetic_step(band_offsets)
+        if step is not None:
+            k = bank_indices[0]
+            bank = _java_array(buf.getData(k), dtype)
+            start = bank_offsets[k] + band_offsets[0] + base
+            return np.lib.stride_tricks.as_strided(
+                bank[start:], shape=(h, w, nb), strides=(scanline * size, pixel_stride * size, step * size),
+                writeable=False)
+    out = np.empty((nb, h, w), dtype)
+    for b in range(nb):
+        k = bank_indices[b]
+        bank = _java_array(buf.getData(k), dtype)
+        start = bank_offsets[k] + band_offsets[b] + base
+        if pixel_stride == 1 and scanline == w:
+            out[b] = bank[start:start + w * h].reshape(h, w)
+        else:
+            out[b] = np.lib.stride_tricks.as_strided(
+                bank[start:], shape=(h, w), strides=(scanline * size, pixel_stride * size), writeable=False)
+        del bank
+    return out.transpose(1, 2, 0)
 
 
 def buffered_image_to_numpy(img: Any) -> np.ndarray:
-    """A ``java.awt.image.BufferedImage`` as an (H, W, C) array: packed RGB through its int[] and shifts, other
+    """A ``java.awt.image.BufferedImage`` as an (H, W, C) array: packed RGB as a view of its int[]'s bytes, other
     layouts through their primitive banks with numpy strides, anything else with ``Raster.getSamples``.
 
-    The result may be a strided view (RGB skips the alpha byte; multi-channel images are stored channel by channel,
-    which is also the order a model wants); ``np.ascontiguousarray`` gives C order where that matters."""
-    w, h = int(img.getWidth()), int(img.getHeight())
+    The result is read-only and may be a strided view (RGB skips the alpha byte; multi-channel images are stored
+    channel by channel, which is also the order a model wants); ``np.array`` gives a writable C-ordered copy where
+    that matters."""
     raster = img.getRaster()
     buf = raster.getDataBuffer()
+    w, h = int(raster.getWidth()), int(raster.getHeight())
     tx, ty = int(raster.getSampleModelTranslateX()), int(raster.getSampleModelTranslateY())
     if int(img.getType()) in _PACKED_RGB_TYPES:
         data = buf.getData()
-        if len(data) == w * h and tx == 0 and ty == 0 and int(buf.getOffset()) == 0:
-            return _unpack_rgb(_java_array(data, np.dtype(np.int32)), h, w)
-        return _unpack_rgb(_java_array(img.getRGB(0, 0, w, h, None, 0, w), np.dtype(np.int32)), h, w)
+        if tx == 0 and ty == 0 and len(data) == w * h and int(buf.getOffset()) == 0:
+            return _unpack_rgb(data, h, w)
+        return _unpack_rgb(img.getRGB(0, 0, w, h, None, 0, w), h, w)
     sm = raster.getSampleModel()
-    nb = int(raster.getNumBands())
     dtype = _BUFFER_DTYPES.get(int(buf.getDataType()))
-    component = jpype.JClass("java.awt.image.ComponentSampleModel")
-    if dtype is not None and isinstance(sm, component):
-        pixel_stride = int(sm.getPixelStride())
-        scanline = int(sm.getScanlineStride())
-        bank_indices = [int(i) for i in sm.getBankIndices()]
-        band_offsets = [int(i) for i in sm.getBandOffsets()]
-        bank_offsets = [int(i) for i in buf.getOffsets()]
-        out = np.empty((nb, h, w), dtype)
-        base = -ty * scanline - tx * pixel_stride
-        banks: dict[int, np.ndarray] = {}
-        for b in range(nb):
-            k = bank_indices[b]
-            if k not in banks:
-                banks[k] = _java_array(buf.getData(k), dtype)
-            start = bank_offsets[k] + band_offsets[b] + base
-            bank = banks[k]
-            if pixel_stride == 1 and scanline == w:
-                out[b] = bank[start:start + w * h].reshape(h, w)
-            else:
-                out[b] = np.lib.stride_tricks.as_strided(
-                    bank[start:], shape=(h, w), strides=(scanline * dtype.itemsize, pixel_stride * dtype.itemsize))
-        return out.transpose(1, 2, 0)
+    if dtype is not None and isinstance(sm, _component_sample_model()):
+        return _component_to_numpy(raster, buf, sm, dtype, w, h, tx, ty)
+    nb = int(raster.getNumBands())
     JArray, JDouble = jpype.JArray, jpype.JDouble
     out = np.empty((nb, h, w), np.float64)
     for b in range(nb):
@@ -130,7 +160,10 @@ class QuPathImageSource:
         return self._server.readRegion(request)
 
     def read_region(self, downsample: float, x: int, y: int, w: int, h: int) -> np.ndarray:
-        """Pixels of the full-resolution rectangle (x, y, w, h) at ``downsample``; parts outside the image are 0."""
+        """Pixels of the full-resolution rectangle (x, y, w, h) at ``downsample``; parts outside the image are 0.
+
+        A region wholly inside the image comes back read-only, often as a strided view of the one copy taken out of
+        Java (see ``buffered_image_to_numpy``)."""
         rows, cols = region_shape(downsample, w, h)
         x0, y0 = max(x, 0), max(y, 0)
         x1, y1 = min(x + w, self.width), min(y + h, self.height)
