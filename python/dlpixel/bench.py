@@ -19,8 +19,9 @@ import numpy as np
 from .config import NormalizationConfig
 
 
-def _bench_classifier(folder: Path, backbone: str, tile_size: int) -> Any:
-    """An untrained 3-class U-Net saved as a classifier (throughput does not depend on the weights)."""
+def _bench_classifier(folder: Path, backbone: str, tile_size: int, downsample: float = 1.0) -> Any:
+    """An untrained 3-class U-Net saved as a classifier (throughput does not depend on the weights), applied at
+    ``downsample``."""
     import torch
 
     from . import store
@@ -35,7 +36,7 @@ def _bench_classifier(folder: Path, backbone: str, tile_size: int) -> Any:
         name="bench", backbone=backbone, input_channels=["Red", "Green", "Blue"],
         classes=[ClassInfo(index=i, name=n, color=c) for i, (n, c) in
                  enumerate([("A", (255, 0, 0)), ("B", (0, 255, 0)), ("C", (0, 0, 255))])],
-        tile_size=tile_size, downsample=1.0,
+        tile_size=tile_size, downsample=downsample,
         preprocessing=Preprocessing(channels=[0, 1, 2], channel_names=["Red", "Green", "Blue"],
                                     normalization=NormalizationConfig()),
     )

@@ -2,8 +2,9 @@
 
 The image is scikit-image's immunohistochemistry sample (IHC, DAB and haematoxylin, 512 × 512). The project ships
 sparse annotations for it (``data/ihc_demo.geojson``: short strokes and small regions of Tumor, Stroma and
-Background), as a QuPath user would draw them. The demo writes both into a folder project, trains a small U-Net on an
-encoder whose ImageNet weights come with a Python package (no download), and says where everything went.
+Background, as a QuPath user would draw them, and two unclassified regions to measure). The demo writes both into a
+folder project, trains a small U-Net on an encoder whose ImageNet weights come with a Python package (no download),
+applies it (class map, objects, measurements per region) and says where everything went.
 """
 
 from __future__ import annotations
@@ -63,15 +64,29 @@ def run_demo(out: Path, epochs: int | None = None, listener: Any = None, cancel:
     print(f"classifier: {entry.path}")
     print(f"validation mean IoU {results.mean_iou:.3f} (best epoch {results.best_epoch} of {results.epochs_run}; "
           + ", ".join(f"{k} {v:.3f}" for k, v in results.per_class_iou.items() if v is not None) + ")")
-    _apply_demo(project, entry, out)
+    _apply_demo(project, entry.name, listeners)
     return 0
 
 
-def _apply_demo(project: Any, entry: Any, out: Path) -> None:
-    """Apply the classifier when inference is available."""
-    try:
-        from .inference.run import apply_demo_outputs
-    except ImportError:
-        return
-    for line in apply_demo_outputs(project, entry.name):
-        print(line)
+def _apply_demo(project: Any, classifier: str, listeners: list[Any]) -> None:
+    """Apply the new classifier three ways and show where the results are."""
+    from .config import InferenceConfig
+    from .inference.run import apply_classifier
+
+    written = []
+    for cfg in (InferenceConfig(output="map", scope="image"), InferenceConfig(output="objects", scope="image"),
+                InferenceConfig(output="measurements", scope="annotations")):
+        written += apply_classifier(project, classifier, cfg, listeners=listeners)
+    for listener in listeners:
+        getattr(listener, "close", lambda: None)()
+    print(f"results:    {written[0].parent}")
+    for path in written:
+        print(f"  {path.name}")
+    csv_path = next(p for p in written if p.suffix == ".csv")
+    import csv
+
+    for row in csv.DictReader(csv_path.open()):
+        if row.get("name", "").startswith("Region"):
+            shares = ", ".join(f"{k.split(': ', 1)[1][:-2]} {float(v):.1f} %" for k, v in row.items()
+                               if k.endswith(" %") and v not in ("", "nan"))
+            print(f"  {row['name']}: {shares}")

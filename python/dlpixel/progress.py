@@ -45,7 +45,13 @@ class RichProgress:
 
     def __init__(self) -> None:
         self.console = Console(stderr=True)
-        self.progress = Progress(
+        self.progress = self._new_progress()
+        self.tasks: dict[str, Any] = {}
+        self.started = False
+        self.t0 = time.perf_counter()
+
+    def _new_progress(self) -> Progress:
+        return Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -56,9 +62,6 @@ class RichProgress:
             console=self.console,
             transient=False,
         )
-        self.tasks: dict[str, Any] = {}
-        self.started = False
-        self.t0 = time.perf_counter()
 
     def _task(self, key: str, description: str, total: int) -> Any:
         if not self.started:
@@ -103,6 +106,7 @@ class RichProgress:
     def close(self) -> None:
         if self.started:
             self.progress.stop()
+            self.progress = self._new_progress()
             self.started = False
             self.tasks.clear()
 

@@ -146,12 +146,17 @@ def train_classifier(
     names = [im.name for im in data.images]
     channel_names = list(data.sources[0].channel_names)
     channels = resolve_channels(cfg.channels, channel_names, names[0])
+    selected = [channel_names[c] for c in channels]
+    # Indices chosen explicitly say "these planes, whatever they are called"; otherwise the names must agree, so
+    # that an RGB image and a fluorescence image with as many channels are never mixed silently.
+    by_index = cfg.channels is not None and all(isinstance(c, int) for c in cfg.channels)
     for src, image in zip(data.sources[1:], data.images[1:]):
         other = resolve_channels(cfg.channels, src.channel_names, image.name)
-        if len(src.channel_names) != len(channel_names) or other != channels:
+        if other != channels or not (by_index or [src.channel_names[c] for c in other] == selected):
             raise DataError(
                 f"image '{image.name}' has channels {list(src.channel_names)}, unlike '{names[0]}' "
-                f"{channel_names}; train on images with the same channels or select channels by name"
+                f"{channel_names}; train on images with the same channels (--image), or select channels by name"
+                " that sit at the same place in every image (--set channels=...)"
             )
     check_tile_fits(data.sources, names, cfg.tile_size, cfg.downsample)
 
