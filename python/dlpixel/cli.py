@@ -167,12 +167,31 @@ def cmd_models(args: argparse.Namespace) -> int:
         out = Path(args.file or f"{args.name}.zip")
         print(f"exported to {store.export_classifier(root, args.name, out)}")
         return 0
+    if args.action == "import-onnx":
+        return _import_onnx(args, root)
     if args.action == "import":
         if not args.file:
             raise ConfigError("`dlpixel models import` needs --file ZIP")
         print(f"imported to {store.import_classifier(root, Path(args.file), args.name, args.overwrite)}")
         return 0
     raise ConfigError(f"unknown models action {args.action}")
+
+
+def _import_onnx(args: argparse.Namespace, root: Path) -> int:
+    from .config import NormalizationConfig
+    from .inference.onnx_import import import_onnx
+
+    missing = [flag for flag, value in (("--file", args.file), ("--classes", args.classes),
+                                        ("--channels", args.channels), ("--tile-size", args.tile_size)) if not value]
+    if missing:
+        raise ConfigError(f"`dlpixel models import-onnx NAME` needs {', '.join(missing)}")
+    norm = build_config(NormalizationConfig, parse_overrides(args.set or []).get("normalization", {}),
+                        source="normalization")
+    entry = import_onnx(root, args.name, Path(args.file), [c.strip() for c in args.classes.split(",")],
+                        [c.strip() for c in args.channels.split(",")], args.tile_size, args.downsample, norm,
+                        args.outputs, overwrite=args.overwrite)
+    print(f"imported '{entry.name}' to {entry.path}")
+    return 0
 
 
 def cmd_request(args: argparse.Namespace) -> int:
@@ -229,11 +248,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("models", help="list, show, delete, export or import classifiers")
-    p.add_argument("action", choices=["list", "show", "delete", "export", "import"])
+    p.add_argument("action", choices=["list", "show", "delete", "export", "import", "import-onnx"])
     p.add_argument("name", nargs="?")
     _add_project(p)
-    p.add_argument("--file", help="zip file for export/import")
+    p.add_argument("--file", help="zip file for export/import; ONNX file for import-onnx")
     p.add_argument("--overwrite", action="store_true", help="import over an existing classifier")
+    g = p.add_argument_group("import-onnx (an external NCHW segmentation model)")
+    g.add_argument("--classes", help="class names in the model's output order, comma-separated")
+    g.add_argument("--channels", help="image channel names in the model's input order, comma-separated")
+    g.add_argument("--tile-size", type=int, help="tile size the model runs on (multiple of 32)")
+    g.add_argument("--downsample", type=float, default=1.0, help="resolution the model expects (default 1)")
+    g.add_argument("--outputs", choices=["logits", "probabilities"], default="logits",
+                   help="what the model returns per class")
+    g.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="normalization settings, e.g. normalization.strategy=fixed_range")
     p.add_argument("--json", action="store_true", help="show: print the full metadata as JSON")
     p.add_argument("--open", action="store_true", help="show: open the training report in a web browser")
     p.set_defaults(func=cmd_models)

@@ -158,6 +158,14 @@ class TrainingConfig(_Settings):
     """DataLoader worker processes; patches are cached in memory, so 0 is fastest on small CPU machines."""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
+    @field_validator("channels", "classes", mode="before")
+    @classmethod
+    def _split_names(cls, value: Any) -> Any:
+        """A single name (``--set channels=DAPI``) or comma-separated names make a list."""
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            return [v.strip() for v in value.split(",")] if isinstance(value, str) else [value]
+        return value
+
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, value: str) -> str:
