@@ -4,7 +4,8 @@ backup of ``data.qpdata`` and restored when anything fails.
 How a classifier's results are recognised on a rerun:
 - every object it creates is named ``dlpixel: <classifier>`` (visible in QuPath's object list);
 - every measurement it writes is named ``<classifier>: <name>``.
-Before writing, objects with that name and measurements with that prefix are removed from the image.
+Writing objects first removes the objects with that name; writing measurements first removes the measurements with
+that prefix from every other object. So a rerun replaces the results of its own kind and keeps the other kind.
 """
 
 from __future__ import annotations
@@ -91,22 +92,29 @@ def shapes_to_path_objects(shapes: list[LabelShape], object_type: ObjectType, *,
     return out
 
 
-def _remove_previous(hierarchy: Any, classifier: str) -> tuple[int, int]:
-    """Remove the classifier's objects and measurements; (objects removed, measurements removed)."""
+def _remove_previous(hierarchy: Any, classifier: str, *, objects: bool, measurements: bool) -> tuple[int, int]:
+    """Remove the classifier's objects (when ``objects``) and its measurements on other objects (when
+    ``measurements``), so that writing one kind of output leaves the other kind in place; (objects removed,
+    measurements removed)."""
     compat = runtime().compat
     marker = object_marker(classifier)
     prefix = measurement_prefix(classifier)
-    ours = [o for o in hierarchy.getAllObjects(False) if o.getName() is not None and str(o.getName()) == marker]
-    if ours:
+    all_objects = list(hierarchy.getAllObjects(False))
+    ours = [o for o in all_objects if o.getName() is not None and str(o.getName()) == marker]
+    if objects and ours:
         hierarchy.removeObjects(_j("java.util.ArrayList")(ours), True)
     removed = 0
-    for o in hierarchy.getAllObjects(False):
-        ml = o.getMeasurementList()
-        names = [n for n in getattr(ml, compat.measurement_names)() if str(n).startswith(prefix)]
-        if names:
-            getattr(ml, compat.remove_measurements)(jpype.JArray(jpype.JString)(names))
-            removed += len(names)
-    return len(ours), removed
+    if measurements:
+        own = {str(o.getID().toString()) for o in ours}
+        for o in all_objects:
+            if str(o.getID().toString()) in own:
+                continue
+            ml = o.getMeasurementList()
+            names = [n for n in getattr(ml, compat.measurement_names)() if str(n).startswith(prefix)]
+            if names:
+                getattr(ml, compat.remove_measurements)(jpype.JArray(jpype.JString)(names))
+                removed += len(names)
+    return (len(ours) if objects else 0), removed
 
 
 def _apply(image_data: Any, classifier: str, objects: list[LabelShape] | None, object_type: ObjectType,
@@ -122,7 +130,8 @@ def _apply(image_data: Any, classifier: str, objects: list[LabelShape] | None, o
         targets = {k: by_id[k] for k in measurements}
     new_objects = shapes_to_path_objects(objects or [], object_type, name=object_marker(classifier),
                                          classifier=classifier)
-    n_removed, _ = _remove_previous(hierarchy, classifier)
+    n_removed, _ = _remove_previous(hierarchy, classifier, objects=objects is not None,
+                                    measurements=measurements is not None)
     if new_objects:
         getattr(hierarchy, runtime().compat.add_objects)(_j("java.util.ArrayList")(new_objects))
     put = runtime().compat.put_measurement
@@ -185,7 +194,8 @@ def write_results(
     object_type: ObjectType = "detection",
     measurements: dict[str, dict[str, float]] | None = None,
 ) -> list[Path]:
-    """Write one classifier's results into an image: first remove what this classifier wrote before, then add
+    """Write one classifier's results into an image: first remove what this classifier wrote before of the kinds
+    given (objects, measurements; the other kind stays), then add
     ``objects`` (as detections or annotations, named ``dlpixel: <classifier>``) and put ``measurements``
     ({annotation id: {name: value}}, names prefixed ``<classifier>: ``) on those annotations. Saves with a backup
     of data.qpdata; returns the data file written (nothing for a live image, whose hierarchy changes in place)."""
