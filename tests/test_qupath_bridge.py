@@ -389,3 +389,16 @@ def test_cli_images(project_dir, capsys, qupath_dir):
     assert args.func(args) == 0
     figures = json.loads(capsys.readouterr().out)
     assert [f["image"] for f in figures] == ["rgb.tif", "multi.tif"] and all(f["ratio"] > 0 for f in figures)
+
+
+def test_images_command_lists_names_and_fails_in_one_line(project_dir, tmp_path, capsys, qupath_dir):
+    from dlpixel.cli import main
+
+    assert main(["images", "--project", str(project_dir / "project.qpproj"), "--qupath", str(qupath_dir)]) == 0
+    assert capsys.readouterr().out.splitlines() == ["rgb.tif", "multi.tif"]
+    (tmp_path / "plain").mkdir()
+    for bad, says in ((tmp_path / "plain", "not a QuPath project"), (tmp_path / "nothing.txt", "not a QuPath project")):
+        assert main(["images", "--project", str(bad), "--qupath", str(qupath_dir)]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.startswith("error: ") and says in captured.err
+        assert captured.err.count("\n") == 1
