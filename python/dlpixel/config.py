@@ -68,7 +68,8 @@ class NormStrategy(str, Enum):
 
 
 class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True, use_enum_values=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True, use_enum_values=True,
+                              use_attribute_docstrings=True)
 
 
 class AugmentConfig(_Settings):
