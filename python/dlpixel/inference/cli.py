@@ -55,7 +55,7 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--output", choices=["measurements", "objects", "map", "probabilities"],
                    help="what to write (default: measurements)")
     p.add_argument("--scope", choices=["annotations", "selected", "image"],
-                   help=fields["scope"].description.split("\n")[0] if fields["scope"].description else None)
+                   help=" ".join((fields["scope"].description or "").split()) or None)
     p.add_argument("--tile-size", type=int, help="tile size in pixels (default: the classifier's)")
     p.add_argument("--overlap", type=int, help="pixels shared by neighbouring tiles (default: a quarter tile)")
     p.add_argument("--batch-size", type=int, help="tiles per batch (default: 8)")
