@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_image, strokes_from_truth, write_folder_project
-from dlpixel import store
 from dlpixel.config import TrainingConfig
 from dlpixel.inference.predictor import Predictor, load_backend
 from dlpixel.inference.tiling import Grid, axis_positions, blend_window

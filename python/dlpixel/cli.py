@@ -66,12 +66,9 @@ def training_settings(args: argparse.Namespace, project_root: Path | None) -> tu
 
 
 def project_root_of(path: str) -> Path:
-    from .projects import is_qupath_project
+    from .projects import project_root
 
-    p = Path(path).expanduser()
-    if is_qupath_project(p):
-        return p.parent if p.suffix == ".qpproj" else p
-    return p
+    return project_root(path)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

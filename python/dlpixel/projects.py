@@ -12,6 +12,14 @@ def is_qupath_project(path: Path) -> bool:
     return path.suffix == ".qpproj" or (path.is_dir() and (path / "project.qpproj").is_file())
 
 
+def project_root(path: str | Path) -> Path:
+    """The folder that holds ``classifiers/``: the QuPath project's folder, or the folder project itself."""
+    p = Path(path).expanduser()
+    if is_qupath_project(p):
+        return p.parent if p.suffix == ".qpproj" else p
+    return p
+
+
 def open_project(path: str | Path, qupath_dir: str | None = None) -> Project:
     """A QuPath project for ``project.qpproj`` or a folder holding one, otherwise a folder project."""
     p = Path(path).expanduser()

@@ -30,15 +30,12 @@ def _project(request: dict[str, Any], context: dict[str, Any]) -> Any:
 
 
 def _project_root(request: dict[str, Any], context: dict[str, Any]) -> Path:
-    from .projects import is_qupath_project
+    from .projects import project_root
 
     path = request.get("project")
     if not path:
         raise ConfigError("the request names no 'project'")
-    p = Path(path)
-    if is_qupath_project(p):
-        return p.parent if p.suffix == ".qpproj" else p
-    return p
+    return project_root(path)
 
 
 def _train(request: dict[str, Any], context: dict[str, Any], listeners: list[Listener], cancel: CancelToken) -> dict:

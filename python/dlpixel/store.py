@@ -7,7 +7,7 @@ import shutil
 import tempfile
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +33,17 @@ def classifier_dir(project_root: Path, name: str) -> Path:
     return classifiers_dir(project_root) / name
 
 
+def check_free(project_root: Path, name: str, overwrite: bool = False) -> Path:
+    """The folder a new classifier ``name`` would take; refuses a bad name, or an existing one without overwrite."""
+    validate_name(name)
+    final = classifier_dir(project_root, name)
+    if final.exists() and not overwrite:
+        raise ClassifierError(
+            f"a classifier named '{name}' already exists in {final.parent}; choose another name or pass --overwrite"
+        )
+    return final
+
+
 @contextmanager
 def staging_folder(project_root: Path, name: str, overwrite: bool = False) -> Iterator[Path]:
     """A temporary folder beside the classifiers that becomes ``classifiers/dl/<name>`` only if the block succeeds.
@@ -40,12 +51,7 @@ def staging_folder(project_root: Path, name: str, overwrite: bool = False) -> It
     Any exception (a cancelled or failed run) removes it, so no half-written classifier is ever left. With
     ``overwrite`` the previous classifier is replaced only once the new one is complete.
     """
-    validate_name(name)
-    final = classifier_dir(project_root, name)
-    if final.exists() and not overwrite:
-        raise ClassifierError(
-            f"a classifier named '{name}' already exists in {final.parent}; choose another name or pass --overwrite"
-        )
+    final = check_free(project_root, name, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=final.parent))
     try:
@@ -157,5 +163,3 @@ def import_classifier(project_root: Path, zip_path: Path, name: str | None = Non
 def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
-
-Writer = Callable[[Path], None]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 import shapely
@@ -95,9 +95,3 @@ class Project(Protocol):
 
     def close(self) -> None: ...
 
-
-@dataclass
-class ResultSink:
-    """Where ``apply`` writes what it computed for one image; implemented by each project kind."""
-
-    extra: dict[str, Any] = field(default_factory=dict)

@@ -134,12 +134,7 @@ def train_classifier(
 
     emit = Emitter(listeners)
     cancel = cancel or CancelToken()
-    store.validate_name(name)
-    target = store.classifier_dir(project.root, name)
-    if target.exists() and not overwrite:
-        raise store.ClassifierError(
-            f"a classifier named '{name}' already exists in {target.parent}; choose another name or pass --overwrite"
-        )
+    store.check_free(project.root, name, overwrite)
 
     emit("stage", stage="reading", message="reading images and annotations")
     data = gather_training_data(project, image_names, cfg)
