@@ -120,7 +120,7 @@ def settings_help() -> str:
                 walk(field.annotation, f"{prefix}{key}.", value)
                 continue
             shown = json.dumps(value.value if hasattr(value, "value") else value, default=str)
-            doc = (field.description or "").split("\n")[0]
+            doc = " ".join((field.description or "").split())
             lines.append(f"  {prefix}{key} = {shown}" + (f"    {doc}" if doc else ""))
 
     walk(TrainingConfig, "", TrainingConfig())

@@ -129,8 +129,8 @@ class TrainingConfig(_Settings):
     tile_overlap: float = 0.0
     """Percent of a tile shared with its neighbours when tiles are sampled over the annotations (0-50)."""
     line_stroke_width: float = 0.0
-    """Width in training pixels of line annotations in the label mask; 0 = QuPath's annotation stroke (5 px when
-    it is not known, as for a folder project)."""
+    """Width in training pixels of line annotations in the label mask; 0 = 5 px, a typical QuPath annotation stroke
+    (neither QuPath projects nor GeoJSON record the stroke a line was drawn with)."""
     validation_split: float = 0.2
     # training parameters
     epochs: int = 50
@@ -158,6 +158,14 @@ class TrainingConfig(_Settings):
     num_workers: int = 0
     """DataLoader worker processes; patches are cached in memory, so 0 is fastest on small CPU machines."""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+
+    @field_validator("freeze", mode="before")
+    @classmethod
+    def _split_blocks(cls, value: Any) -> Any:
+        """A block name (``--set freeze=stem``) or comma-separated block names make a list."""
+        if isinstance(value, str) and (value in ENCODER_BLOCKS or "," in value):
+            return [v.strip() for v in value.split(",")]
+        return value
 
     @field_validator("channels", "classes", mode="before")
     @classmethod
@@ -292,6 +300,13 @@ class InferenceConfig(_Settings):
     def _positive(cls, value: int) -> int:
         if value < 1:
             raise ValueError(f"must be at least 1 (got {value})")
+        return value
+
+    @field_validator("overlap", "min_object_area", "min_hole_area", "simplify")
+    @classmethod
+    def _not_negative(cls, value: float | None) -> float | None:
+        if value is not None and value < 0:
+            raise ValueError(f"must be 0 or more (got {value})")
         return value
 
 

@@ -44,6 +44,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doc(key: str) -> str:
+    return " ".join((InferenceConfig.model_fields[key].description or "").split())
+
+
 def register_cli(sub: Any) -> None:
     from ..cli import _add_progress_flags, _add_project
 
@@ -57,8 +61,8 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--scope", choices=["annotations", "selected", "image"],
                    help=" ".join((fields["scope"].description or "").split()) or None)
     p.add_argument("--tile-size", type=int, help="tile size in pixels (default: the classifier's)")
-    p.add_argument("--overlap", type=int, help="pixels shared by neighbouring tiles (default: a quarter tile)")
-    p.add_argument("--batch-size", type=int, help="tiles per batch (default: 8)")
+    p.add_argument("--overlap", type=int, help=_doc("overlap"))
+    p.add_argument("--batch-size", type=int, help=f"tiles per batch (default {fields['batch_size'].default})")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--backend", choices=["auto", "torch", "onnx"])
     p.add_argument("--object-type", choices=["detection", "annotation"])
