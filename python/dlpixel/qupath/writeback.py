@@ -5,7 +5,8 @@ How a classifier's results are recognised on a rerun:
 - every object it creates is named ``dlpixel: <classifier>`` (visible in QuPath's object list);
 - every measurement it writes is named ``<classifier>: <name>``.
 Writing objects first removes the objects with that name; writing measurements first removes the measurements with
-that prefix from every other object. So a rerun replaces the results of its own kind and keeps the other kind.
+that prefix from the annotations that get new ones. So a rerun replaces the results of its own kind and keeps the
+other kind, and measuring a selection leaves the other annotations' results alone.
 """
 
 from __future__ import annotations
@@ -92,10 +93,10 @@ def shapes_to_path_objects(shapes: list[LabelShape], object_type: ObjectType, *,
     return out
 
 
-def _remove_previous(hierarchy: Any, classifier: str, *, objects: bool, measurements: bool) -> tuple[int, int]:
-    """Remove the classifier's objects (when ``objects``) and its measurements on other objects (when
-    ``measurements``), so that writing one kind of output leaves the other kind in place; (objects removed,
-    measurements removed)."""
+def _remove_previous(hierarchy: Any, classifier: str, *, objects: bool, targets: list[Any]) -> tuple[int, int]:
+    """Remove the classifier's objects (when ``objects``) and its earlier measurements on the annotations about to
+    get new ones (``targets``; others, outside a selection say, keep theirs), so that writing one kind of output
+    leaves the other kind in place; (objects removed, measurements removed)."""
     compat = runtime().compat
     marker = object_marker(classifier)
     prefix = measurement_prefix(classifier)
@@ -104,16 +105,12 @@ def _remove_previous(hierarchy: Any, classifier: str, *, objects: bool, measurem
     if objects and ours:
         hierarchy.removeObjects(_j("java.util.ArrayList")(ours), True)
     removed = 0
-    if measurements:
-        own = {str(o.getID().toString()) for o in ours}
-        for o in all_objects:
-            if str(o.getID().toString()) in own:
-                continue
-            ml = o.getMeasurementList()
-            names = [n for n in getattr(ml, compat.measurement_names)() if str(n).startswith(prefix)]
-            if names:
-                getattr(ml, compat.remove_measurements)(jpype.JArray(jpype.JString)(names))
-                removed += len(names)
+    for o in targets:
+        ml = o.getMeasurementList()
+        names = [n for n in getattr(ml, compat.measurement_names)() if str(n).startswith(prefix)]
+        if names:
+            getattr(ml, compat.remove_measurements)(jpype.JArray(jpype.JString)(names))
+            removed += len(names)
     return (len(ours) if objects else 0), removed
 
 
@@ -131,7 +128,7 @@ def _apply(image_data: Any, classifier: str, objects: list[LabelShape] | None, o
     new_objects = shapes_to_path_objects(objects or [], object_type, name=object_marker(classifier),
                                          classifier=classifier)
     n_removed, _ = _remove_previous(hierarchy, classifier, objects=objects is not None,
-                                    measurements=measurements is not None)
+                                    targets=list(targets.values()))
     if new_objects:
         getattr(hierarchy, runtime().compat.add_objects)(_j("java.util.ArrayList")(new_objects))
     put = runtime().compat.put_measurement
