@@ -373,14 +373,12 @@ def test_launch_gui_without_gui_classes(qupath_dir, runtime):
 
 
 def test_cli_images(project_dir, capsys, qupath_dir):
-    from dlpixel.qupath.cli import register_bench_cli, register_cli
+    from dlpixel.cli import build_parser
 
-    parser = argparse.ArgumentParser(prog="dlpixel")
-    sub = parser.add_subparsers(dest="command")
-    sub.add_parser("qupath").add_subparsers(dest="qupath_command").add_parser("install")
-    register_cli(sub)
-    assert set(sub.choices["qupath"]._subparsers._group_actions[0].choices) == {"install", "launch"}
-    register_bench_cli(sub.add_parser("bench").add_subparsers(dest="bench_command"))
+    parser = build_parser()
+    assert parser.parse_args(["qupath", "launch"]).func.__name__ == "_launch"
+    assert parser.parse_args(["qupath", "install", "--print-only"]).func.__name__ == "_run"
+    assert parser.parse_args(["bench", "bridge", "--project", "p"]).func.__name__ == "_bench"
     args = parser.parse_args(["images", "--project", str(project_dir), "--qupath", str(qupath_dir)])
     assert args.func(args) == 0
     assert capsys.readouterr().out.split("\n")[:2] == ["rgb.tif", "multi.tif"]

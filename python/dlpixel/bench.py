@@ -138,8 +138,6 @@ def register_cli(sub: Any) -> None:
     q.add_argument("--repeats", type=int, default=3, help="alternating runs of each measurement; the best counts")
     q.add_argument("--json", action="store_true", help="one JSON object")
     q.set_defaults(func=_cmd_inference)
-    try:
-        from .qupath.cli import register_bench_cli
-    except ImportError:
-        return
+    from .qupath.cli import register_bench_cli
+
     register_bench_cli(bench_sub)

@@ -268,22 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_progress_flags(p)
     p.set_defaults(func=cmd_request)
 
-    for module in ("dlpixel.inference.cli", "dlpixel.scripting", "dlpixel.qupath.cli", "dlpixel.qupath_install", "dlpixel.bench"):
-        _register(sub, module)
+    from . import bench, qupath_install, scripting
+    from .inference import cli as inference_cli
+    from .qupath import cli as qupath_cli
+
+    for module in (inference_cli, scripting, qupath_cli, bench):
+        module.register_cli(sub)
+    p = sub.add_parser("qupath", help="QuPath: install the scripts and menu, launch QuPath with the bridge")
+    qsub = p.add_subparsers(dest="qupath_command", required=True)
+    qupath_install.register_qupath_cli(qsub)
+    qupath_cli.register_qupath_cli(qsub)
     return parser
-
-
-def _register(sub: Any, module: str) -> None:
-    """Add the subcommands a module offers through its ``register_cli(subparsers)``."""
-    import importlib
-
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if err.name and module.startswith(err.name):
-            return
-        raise
-    mod.register_cli(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

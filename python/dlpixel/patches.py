@@ -19,6 +19,7 @@ from shapely.strtree import STRtree
 
 from .errors import ConfigError, DataError
 from .geometry import polygon_mask
+from .inference.tiling import axis_positions
 from .preprocessing import ChannelStats, Preprocessing, read_tile, tile_footprint
 from .sources.base import ImageSource, LabelShape
 
@@ -85,17 +86,6 @@ class TileRef:
     y: int
 
 
-def _positions(length: int, extent: int, stride: int) -> list[int]:
-    """Grid positions along one axis; the last tile is shifted inside the image instead of padding."""
-    if length <= extent:
-        return [0]
-    last = length - extent
-    pos = list(range(0, last + 1, stride))
-    if pos[-1] != last:
-        pos.append(last)
-    return pos
-
-
 def sample_tiles(
     image_index: int,
     source: ImageSource,
@@ -114,8 +104,8 @@ def sample_tiles(
         return []
     tree = STRtree(geoms)
     out = []
-    for y in _positions(source.height, extent, stride):
-        for x in _positions(source.width, extent, stride):
+    for y in axis_positions(source.height, extent, stride):
+        for x in axis_positions(source.width, extent, stride):
             if len(tree.query(shapely.box(x, y, x + extent, y + extent), predicate="intersects")):
                 out.append(TileRef(image_index, x, y))
     return out

@@ -151,16 +151,9 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_cli(subparsers: Any) -> None:
-    """Add ``dlpixel qupath install`` (to the ``qupath`` command when another module made it already); it sets
-    ``func(args) -> exit code``."""
-    qupath = subparsers.choices.get("qupath")
-    if qupath is None:
-        qupath = subparsers.add_parser("qupath", help="QuPath: install the scripts, launch")
-    actions = next((a for a in qupath._actions if isinstance(a, argparse._SubParsersAction)), None)
-    if actions is None:
-        actions = qupath.add_subparsers(dest="qupath_command", required=True)
-    install = actions.add_parser("install", help="copy the script helper and the menu into your QuPath user folder")
+def register_qupath_cli(qsub: Any) -> None:
+    """Add ``install`` under ``dlpixel qupath``."""
+    install = qsub.add_parser("install", help="copy the script helper and the menu into your QuPath user folder")
     install.add_argument("--user-dir", type=Path, metavar="DIR",
                          help="QuPath's user folder (default: the newest ~/QuPath/vX.Y, else ~/QuPath)")
     install.add_argument("--python", metavar="PATH", help="Python executable QuPath runs (default: this one)")

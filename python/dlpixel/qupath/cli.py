@@ -43,20 +43,15 @@ def add_qupath_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def register_cli(subparsers: Any) -> None:
-    """Add ``images`` and ``qupath launch`` to dlpixel's subcommands (joining a ``qupath`` command another module
-    made already); each sets ``func(args) -> exit code``."""
-    if "images" not in subparsers.choices:
-        images = subparsers.add_parser("images", help="list the images of a QuPath project")
-        images.add_argument("--project", required=True, help="project.qpproj or its folder")
-        add_qupath_argument(images)
-        images.set_defaults(func=_images)
+    """Add ``images`` to dlpixel's subcommands."""
+    images = subparsers.add_parser("images", help="list the images of a QuPath project")
+    images.add_argument("--project", required=True, help="project.qpproj or its folder")
+    add_qupath_argument(images)
+    images.set_defaults(func=_images)
 
-    qupath = subparsers.choices.get("qupath")
-    if qupath is None:
-        qupath = subparsers.add_parser("qupath", help="QuPath: install the scripts, launch")
-    qsub = next((a for a in qupath._actions if isinstance(a, argparse._SubParsersAction)), None)
-    if qsub is None:
-        qsub = qupath.add_subparsers(dest="qupath_command", required=True)
+
+def register_qupath_cli(qsub: Any) -> None:
+    """Add ``launch`` under ``dlpixel qupath``."""
     launch = qsub.add_parser("launch", help="start QuPath's GUI with the dlpixel bridge registered")
     add_qupath_argument(launch)
     launch.add_argument("qupath_args", nargs=argparse.REMAINDER, help="arguments passed on to QuPath")
