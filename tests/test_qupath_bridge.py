@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -196,7 +195,7 @@ def test_annotations_round_trip_exactly(project_dir):
 # ---- writing
 
 def _backups(project_dir, image):
-    return sorted((project_dir / "data").glob(f"*/data.qpdata.*.bak")) if image is None else sorted(
+    return sorted((project_dir / "data").glob("*/data.qpdata.*.bak")) if image is None else sorted(
         image.data_file.parent.glob("data.qpdata.*.bak"))
 
 
