@@ -15,7 +15,7 @@ from shapely.geometry import mapping
 from dlpixel import store
 from dlpixel.cli import main
 from dlpixel.config import InferenceConfig, NormalizationConfig
-from dlpixel.errors import ClassifierError, DataError
+from dlpixel.errors import ClassifierError, DataError, DlpixelError
 from dlpixel.inference.onnx_import import import_onnx
 from dlpixel.inference.run import apply_classifier
 from dlpixel.projects import open_project
@@ -140,3 +140,34 @@ def test_bad_inputs(threshold_project, tmp_path, capsys):
     with pytest.raises(ClassifierError, match="returns shape"):
         import_onnx(folder, "bad", bad, ["A", "B", "C"], ["a", "b", "c"], 64)
     assert not store.classifier_dir(folder, "bad").exists()
+
+
+@pytest.mark.parametrize("output", ["map", "measurements"])
+def test_unwritable_output_folder_is_one_line_error_before_computing(threshold_project, output):
+    folder, _, _ = threshold_project
+    (folder / "results").write_text("a file where the results folder would go")
+    tiles = []
+    with pytest.raises(DlpixelError) as err:
+        apply_classifier(open_project(folder), "threshold", InferenceConfig(output=output, scope="image"),
+                         listeners=[lambda e: tiles.append(e) if e["event"] == "tiles" else None])
+    message = str(err.value)
+    assert "\n" not in message
+    assert str(folder / "results" / "threshold") in message
+    assert not tiles  # refused before any tile was computed
+
+
+def test_pixel_size_far_from_training_warns_with_both_values(threshold_project, tmp_path):
+    folder, _, _ = threshold_project
+    onnx_path = store.classifier_dir(folder, "threshold") / store.ONNX
+    import_onnx(folder, "coarse", onnx_path, ["Ignore*", "Positive"], ["Red", "Green", "Blue"], 64,
+                normalization=NormalizationConfig(strategy="fixed_range", min=0, max=255), pixel_size_um=2.0)
+    events = []
+    apply_classifier(open_project(folder), "coarse", InferenceConfig(output="map", scope="image"),
+                     listeners=[events.append])
+    warnings = [e["message"] for e in events if e["event"] == "log" and e.get("level") == "warning"]
+    assert len(warnings) == 1
+    assert "0.5 µm" in warnings[0] and "2 µm" in warnings[0]
+    events.clear()
+    apply_classifier(open_project(folder), "threshold", InferenceConfig(output="map", scope="image"),
+                     listeners=[events.append])
+    assert not [e for e in events if e["event"] == "log" and e.get("level") == "warning"]

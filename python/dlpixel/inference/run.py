@@ -14,7 +14,7 @@ from shapely.strtree import STRtree
 
 from .. import store
 from ..config import InferenceConfig
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..metadata import ClassifierMetadata
 from ..preprocessing import Preprocessing, resolve_channels, stats_for
 from ..sources.base import ImageSource, LabelShape, Project, ProjectImage
@@ -53,6 +53,29 @@ def check_pixel_size(meta: ClassifierMetadata, source: ImageSource, image: str, 
         )
 
 
+def output_folder(project: Project, image: ProjectImage, classifier: str, output: str) -> Path | None:
+    """Where ``apply`` writes this image's ``output``: maps go to ``<project>/results/<classifier>``; measurements
+    and objects to the image's own results folder (None where the project stores them itself, as QuPath does)."""
+    if output in ("map", "probabilities"):
+        return project.root / "results" / classifier
+    results_dir = getattr(image, "results_dir", None)
+    return results_dir(classifier) if results_dir is not None else None
+
+
+def check_output_folder(folder: Path) -> None:
+    """Create ``folder`` and write a file into it, so a folder that cannot be written stops ``apply`` before any
+    tile is computed, with a one-line error naming it."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise DataError(f"cannot write to the output folder {folder} ({err.strerror or type(err).__name__}); "
+                        "make it writable or move the project") from None
+
+
 def scope_shapes(image: ProjectImage, cfg: InferenceConfig, context: dict[str, Any]) -> list[LabelShape] | None:
     """The annotations the result is computed for (None = the whole image)."""
     if cfg.scope == "image":
@@ -87,13 +110,17 @@ def apply_classifier(
     context = context or {}
     entry = store.load_classifier(project.root, classifier)
     meta = entry.metadata
+    images = select_images(project, image_names)
+    for folder in dict.fromkeys(output_folder(project, im, classifier, cfg.output) for im in images):
+        if folder is not None:
+            check_output_folder(folder)
     backend = load_backend(entry.path, meta, cfg.backend, cfg.device)
     emit("stage", stage="inference", message=f"applying '{classifier}' with {backend.name} on {backend.device}")
     predictor = Predictor(backend, meta, cfg.tile_size, cfg.overlap, cfg.batch_size, cfg.reader_threads, emit, cancel)
     class_names = meta.class_names
     ds = meta.downsample
     written: list[Path] = []
-    for image in select_images(project, image_names):
+    for image in images:
         source = image.open()
         pre = check_channels(meta, source, image.name)
         check_pixel_size(meta, source, image.name, emit)
@@ -130,7 +157,6 @@ def apply_classifier(
                                  classifier=classifier)
         else:
             out_dir = project.root / "results" / classifier
-            out_dir.mkdir(parents=True, exist_ok=True)
             suffix = "classes" if cfg.output == "map" else "probabilities"
             path = out_dir / f"{_stem(image.name)}.{suffix}.ome.tif"
             preview = path.with_name(path.name.replace(".ome.tif", ".png"))
