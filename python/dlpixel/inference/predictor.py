@@ -34,6 +34,21 @@ class Backend(Protocol):
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
 
+CPU_CHUNK_PIXELS = 4 * 512 * 512
+"""On a CPU a batch runs in chunks of at most this many pixels (4 tiles of 512 px, 16 of 256 px): throughput no
+longer grows beyond a few tiles, while the model's intermediate tensors grow with every tile (about 100 MB per
+512-px tile for a U-Net), so whole batches of large tiles would set the peak memory of ``apply``."""
+
+
+def run_in_chunks(fn: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, max_pixels: int) -> np.ndarray:
+    """``fn`` over ``batch`` (N, C, H, W) in consecutive chunks of at most ``max_pixels`` pixels (one tile at
+    least), concatenated."""
+    n = max(1, max_pixels // (batch.shape[2] * batch.shape[3]))
+    if len(batch) <= n:
+        return fn(batch)
+    return np.concatenate([fn(batch[i: i + n]) for i in range(0, len(batch), n)])
+
+
 def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
     """Softmax over ``axis`` (through torch: multi-threaded, and several times faster than numpy here)."""
     import torch
@@ -60,6 +75,11 @@ class TorchBackend:
             self.model = self.model.to(memory_format=torch.channels_last)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if self.dev.type == "cpu":
+            return run_in_chunks(self._run, batch, CPU_CHUNK_PIXELS)
+        return self._run(batch)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         torch = self.torch
         x = torch.from_numpy(batch).to(self.dev, non_blocking=True)
         if self.dev.type == "cuda":
@@ -70,21 +90,35 @@ class TorchBackend:
 
 
 class OnnxBackend:
-    """ONNX Runtime: CUDA provider when ``onnxruntime-gpu`` is installed, CPU otherwise."""
+    """ONNX Runtime: CUDA provider when ``onnxruntime-gpu`` is installed, CPU otherwise.
+
+    The session runs without ONNX Runtime's memory pattern, which preallocates one block for every intermediate
+    tensor of the batch at once: for a U-Net on a batch of 8 tiles of 512 px that block is about 1.6 GB; without
+    it tensors are freed as soon as they are used (peak about 0.75 GB less), at the same speed on CPUs.
+    """
 
     name = "onnx"
 
     def __init__(self, path: Path, outputs: str = "logits", device: str = "auto"):
+        import onnxruntime as ort
+
         from ..models.onnx import OnnxSession, default_providers
 
         providers = default_providers()
         if device == "cpu":
             providers = ["CPUExecutionProvider"]
-        self.session = OnnxSession(path, providers=providers)
+        options = ort.SessionOptions()
+        options.enable_mem_pattern = False
+        self.session = OnnxSession(path, providers=providers, options=options)
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.providers else "cpu"
         self.outputs = outputs
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if self.device == "cpu":
+            return run_in_chunks(self._run, batch, CPU_CHUNK_PIXELS)
+        return self._run(batch)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         out = np.asarray(self.session.run(batch), dtype=np.float32)
         return out if self.outputs == "probabilities" else softmax(out)
 

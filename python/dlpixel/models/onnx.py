@@ -10,6 +10,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,14 +79,15 @@ def default_providers() -> list[str]:
 class OnnxSession:
     """An ONNX Runtime session over an exported classifier; create once, call ``run`` per batch."""
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
+    def __init__(self, path: str | Path, providers: list[str] | None = None, options: Any = None) -> None:
+        """``options``: an ``onnxruntime.SessionOptions`` (default: ONNX Runtime's own)."""
         import onnxruntime as ort
 
         self.path = Path(path)
         if not self.path.is_file():
             raise ClassifierError(f"ONNX model not found: {self.path}")
         try:
-            self.session = ort.InferenceSession(str(self.path), providers=providers or default_providers())
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers or default_providers())
         except Exception as err:
             raise ClassifierError(f"cannot load ONNX model {self.path}: {err}") from None
         # Models exported elsewhere name their input and output freely: use the session's own names.
