@@ -111,3 +111,18 @@ def test_an_existing_classifier_is_kept_unless_overwrite(synthetic_project, caps
     assert main(args + ["--overwrite"]) == 0
     assert (store.classifier_dir(folder, "keep") / store.METADATA).read_text() != before
     assert [p.name for p in store.classifiers_dir(folder).iterdir()] == ["keep"]
+
+
+def test_from_model_matches_classes_by_name(synthetic_project, capsys):
+    folder, _, _ = synthetic_project
+    cfg = TrainingConfig(**{**FAST, "epochs": 1, "classes": ["Nucleus", "Fibre", "Background"]})
+    train_classifier(open_project(folder), "three", cfg)
+    geojson = folder / "synthetic.tif.geojson"
+    data = json.loads(geojson.read_text())
+    data["features"] = [f for f in data["features"] if f["properties"]["classification"]["name"] != "Fibre"]
+    geojson.write_text(json.dumps(data))
+    assert main(["train", "--project", str(folder), "--from-model", "three", "--name", "two", "--quiet"]) == 0
+    assert "not in these images: ['Fibre']" in capsys.readouterr().err
+    assert store.load_classifier(folder, "two").metadata.class_names == ["Nucleus", "Background"]
+    # Without --from-model, a listed class the images lack is an error.
+    assert main(["train", "--project", str(folder), "--name", "bad", "--set", "classes=Nucleus,Fibre", "--quiet"]) == 2

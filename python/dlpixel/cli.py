@@ -89,7 +89,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     project = open_project(args.project, qupath_dir=args.qupath)
     try:
         entry = train_classifier(project, name, cfg, args.image or None, overwrite=args.overwrite,
-                                 listeners=[listener], cancel=cancel)
+                                 listeners=[listener], cancel=cancel, match_classes=bool(args.from_model))
     finally:
         getattr(listener, "close", lambda: None)()
         project.close()

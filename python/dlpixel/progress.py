@@ -30,7 +30,7 @@ class Quiet:
     """``--quiet``: warnings only."""
 
     def __init__(self) -> None:
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, soft_wrap=True)
 
     def __call__(self, event: Event) -> None:
         if event["event"] == "log" and event.get("level") == "warning":
@@ -44,7 +44,7 @@ class RichProgress:
     """Progress bars for tile extraction, epochs and inference tiles, with the numbers people watch."""
 
     def __init__(self) -> None:
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, soft_wrap=True)
         self.progress = self._new_progress()
         self.tasks: dict[str, Any] = {}
         self.started = False

@@ -52,8 +52,11 @@ def select_images(project: Project, names: Sequence[str] | None) -> list[Project
     return [by_name[n] for n in names]
 
 
-def gather_training_data(project: Project, image_names: Sequence[str] | None, cfg: TrainingConfig) -> TrainingData:
-    """Open the images that carry classified annotations and settle the class list."""
+def gather_training_data(
+    project: Project, image_names: Sequence[str] | None, cfg: TrainingConfig, match_classes: bool = False
+) -> TrainingData:
+    """Open the images that carry classified annotations and settle the class list. With ``match_classes`` (settings
+    loaded from another classifier), the listed classes that these images lack are left out instead of refused."""
     chosen, sources, shapes = [], [], []
     for image in select_images(project, image_names):
         labelled = [s for s in image.annotations() if s.class_name is not None]
@@ -72,9 +75,9 @@ def gather_training_data(project: Project, image_names: Sequence[str] | None, cf
     found = sorted({s.class_name for per in shapes for s in per if s.class_name})
     if cfg.classes is not None:
         missing = [c for c in cfg.classes if c not in found]
-        if missing:
+        if missing and not match_classes:
             raise ConfigError(f"classes {missing} have no annotations in the chosen images; found: {found}")
-        classes = list(cfg.classes)
+        classes = [c for c in cfg.classes if c in found]
     else:
         classes = found
     if len(classes) < 2:
@@ -125,8 +128,10 @@ def train_classifier(
     overwrite: bool = False,
     listeners: Iterable[Listener] = (),
     cancel: CancelToken | None = None,
+    match_classes: bool = False,
 ) -> store.ClassifierEntry:
-    """Train a classifier on the project's annotations and save it to ``classifiers/dl/<name>/``."""
+    """Train a classifier on the project's annotations and save it to ``classifiers/dl/<name>/``; ``match_classes``
+    keeps, of the classes listed in the settings, those the images have (for settings taken from another model)."""
     from ..models.factory import create_model, freeze_blocks, resolve_freeze
     from ..models.onnx import export_onnx
     from .losses import class_weights_from_counts
@@ -137,7 +142,11 @@ def train_classifier(
     store.check_free(project.root, name, overwrite)
 
     emit("stage", stage="reading", message="reading images and annotations")
-    data = gather_training_data(project, image_names, cfg)
+    data = gather_training_data(project, image_names, cfg, match_classes)
+    if cfg.classes is not None and data.classes != list(cfg.classes):
+        emit.log(f"classes matched by name: training {data.classes}; not in these images: "
+                 f"{[c for c in cfg.classes if c not in data.classes]}", level="warning")
+    cfg = cfg.model_copy(update={"classes": data.classes}) if cfg.classes is not None else cfg
     names = [im.name for im in data.images]
     channel_names = list(data.sources[0].channel_names)
     channels = resolve_channels(cfg.channels, channel_names, names[0])
