@@ -39,9 +39,10 @@ CPU_CHUNK_PIXELS = 4 * 512 * 512
 longer grows beyond a few tiles, while the model's intermediate tensors grow with every tile (about 100 MB per
 512-px tile for a U-Net), so whole batches of large tiles would set the peak memory of ``apply``."""
 
-TORCH_CPU_CHUNK_PIXELS = 4 * 256 * 256
-"""PyTorch on a CPU is fastest on chunks of about 4 tiles of 256 px (one of 512): on 2 cores, 4.7 tiles/s against
-3.5 for whole batches of 8, whose intermediate tensors no longer fit the caches."""
+TORCH_CPU_CHUNK_PIXELS = 2 * 256 * 256
+"""PyTorch on a CPU is fastest on small chunks, about 2 tiles of 256 px (one of 512): on 2 cores an EfficientNet-Lite0
+U-Net ran 14-15 tiles/s in chunks of 1-2 tiles, 12-13.5 in chunks of 4 and 9.5 in whole batches of 8, whose
+intermediate tensors no longer fit the caches."""
 
 
 def run_in_chunks(fn: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, max_pixels: int) -> np.ndarray:
