@@ -148,7 +148,7 @@ def test_unwritable_output_folder_is_one_line_error_before_computing(threshold_p
     (folder / "results").write_text("a file where the results folder would go")
     tiles = []
     with pytest.raises(DlpixelError) as err:
-        apply_classifier(open_project(folder), "threshold", InferenceConfig(output=output, scope="image"),
+        apply_classifier(open_project(folder), "threshold", InferenceConfig(output=output, scope="image" if output == "map" else "annotations"),
                          listeners=[lambda e: tiles.append(e) if e["event"] == "tiles" else None])
     message = str(err.value)
     assert "\n" not in message
@@ -171,3 +171,25 @@ def test_pixel_size_far_from_training_warns_with_both_values(threshold_project, 
     apply_classifier(open_project(folder), "threshold", InferenceConfig(output="map", scope="image"),
                      listeners=[events.append])
     assert not [e for e in events if e["event"] == "log" and e.get("level") == "warning"]
+
+
+def test_settings_that_cannot_give_a_result_are_refused(threshold_project, tmp_path, capsys):
+    folder, _, _ = threshold_project
+    base = ["apply", "--project", str(folder), "--classifier", "threshold"]
+    for extra, message in ((["--output", "measurements", "--scope", "image"], "inside annotations"),
+                           (["--scope", "selected"], "selected annotations")):
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and message in err
+    assert not (folder / "results" / "threshold" / "slide.measurements.csv").exists()
+    assert main(["request", str(tmp_path / "missing.json")]) == 2
+    assert "cannot read the request file" in capsys.readouterr().err
+    (tmp_path / "not.zip").write_text("plain text")
+    assert main(["models", "import", "--project", str(folder), "--file", str(tmp_path / "not.zip")]) == 2
+    assert "zip" in capsys.readouterr().err
+    exported = tmp_path / "t.zip"
+    assert main(["models", "export", "threshold", "--project", str(folder), "--file", str(exported)]) == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    assert main(["models", "import", "--project", str(other), "--file", str(exported)]) == 0  # keeps its own name
+    assert store.load_classifier(other, "threshold").metadata.architecture == "custom_onnx"

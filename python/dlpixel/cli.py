@@ -139,7 +139,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(f"{e.name:32s} {e.metadata.created:25s} {e.metadata.backbone or e.metadata.architecture:20s} "
                   f"mIoU {miou}  classes {', '.join(e.metadata.class_names)}")
         return 0
-    if not args.name:
+    if not args.name and args.action != "import":
         raise ConfigError(f"`dlpixel models {args.action}` needs a classifier NAME")
     if args.action == "show":
         from .report import summary_text
@@ -195,7 +195,10 @@ def cmd_request(args: argparse.Namespace) -> int:
     """Run one JSON request (from a file or stdin); with ``--events jsonl`` the reply is the last line."""
     from .requests import handle_request
 
-    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read the request file {args.file}: {err.strerror or err}") from None
     try:
         request = json.loads(text)
     except json.JSONDecodeError as err:

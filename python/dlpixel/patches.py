@@ -44,7 +44,11 @@ def _shape_order(shape: LabelShape) -> tuple[int, float]:
 
 
 def _parts(geom: shapely.Geometry) -> list[shapely.Geometry]:
-    return list(geom.geoms) if hasattr(geom, "geoms") else [geom]
+    """Single-part geometries, also from collections of multi-part ones."""
+    parts = list(shapely.get_parts(geom))
+    if any(hasattr(p, "geoms") for p in parts):
+        return [q for p in parts for q in _parts(p)]
+    return parts
 
 
 def rasterize_labels(

@@ -108,11 +108,11 @@ def sample_pixels(source: ImageSource, channels: Sequence[int]) -> np.ndarray:
     return img[..., list(channels)].reshape(-1, len(channels))
 
 
-def image_stats(source: ImageSource, pre: Preprocessing) -> ChannelStats:
-    """Image-level statistics, computed once per image."""
+def image_stats(source: ImageSource, pre: Preprocessing, pixels: np.ndarray | None = None) -> ChannelStats:
+    """Image-level statistics, computed once per image (from ``pixels`` when ``sample_pixels`` already read them)."""
     if pre.normalization.strategy == NormStrategy.fixed_range.value:
         return _stats_from_pixels(np.zeros((1, len(pre.channels))), pre.normalization)
-    return _stats_from_pixels(sample_pixels(source, pre.channels), pre.normalization)
+    return _stats_from_pixels(sample_pixels(source, pre.channels) if pixels is None else pixels, pre.normalization)
 
 
 def dataset_stats(samples: Sequence[np.ndarray], norm: NormalizationConfig) -> ChannelStats:

@@ -17,13 +17,35 @@ from .training.events import CancelToken, Listener
 Handler = Callable[[dict[str, Any], dict[str, Any], list[Listener], CancelToken], dict[str, Any]]
 
 
-def _project(request: dict[str, Any], context: dict[str, Any]) -> Any:
-    """The project to work on: a live one from the context (in-process QuPath) or the path in the request."""
-    from .projects import open_project
+class _LiveProject:
+    """The project QuPath has open, with the image open in QuPath's viewer in place of its saved entry: training reads
+    its unsaved annotations and results go into its hierarchy, where QuPath shows them at once."""
 
-    if context.get("project_object") is not None:
-        return context["project_object"]
+    def __init__(self, project: Any, live_image: Any):
+        self._project = project
+        self._live = live_image
+        self.root = project.root
+
+    def images(self) -> list[Any]:
+        return [self._live if self._live is not None and im.name == self._live.name else im
+                for im in self._project.images()]
+
+    def class_colors(self) -> dict[str, tuple[int, int, int]]:
+        return self._project.class_colors()
+
+    def close(self) -> None:
+        """QuPath owns the project: nothing to close."""
+
+
+def _project(request: dict[str, Any], context: dict[str, Any]) -> Any:
+    """The project to work on: the one QuPath has open (in-process) when the request names it or names none,
+    otherwise the project at the path in the request."""
+    from .projects import open_project, project_root
+
+    live = context.get("project_object")
     path = request.get("project")
+    if live is not None and (not path or project_root(path).resolve() == Path(live.root).resolve()):
+        return _LiveProject(live, context.get("imageData"))
     if not path:
         raise ConfigError("the request names no 'project'")
     return open_project(path, qupath_dir=request.get("qupath"))

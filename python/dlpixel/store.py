@@ -59,7 +59,11 @@ def staging_folder(project_root: Path, name: str, overwrite: bool = False) -> It
         if final.exists():
             old = final.with_name(f".{name}.{uuid.uuid4().hex[:8]}.old")
             final.rename(old)
-            tmp.rename(final)
+            try:
+                tmp.rename(final)
+            except BaseException:
+                old.rename(final)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(final)
@@ -129,18 +133,28 @@ def export_classifier(project_root: Path, name: str, zip_path: Path) -> Path:
     """Pack a classifier folder into a zip file that ``import_classifier`` reads."""
     entry = load_classifier(project_root, name)
     zip_path = Path(zip_path)
+    if not zip_path.parent.is_dir():
+        raise ClassifierError(f"cannot export to {zip_path}: the folder {zip_path.parent} does not exist")
     tmp = zip_path.with_name(zip_path.name + ".partial")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for f in sorted(entry.path.iterdir()):
-            if f.is_file():
-                zf.write(f, f"{name}/{f.name}")
-    tmp.replace(zip_path)
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for f in sorted(entry.path.iterdir()):
+                if f.is_file():
+                    zf.write(f, f"{name}/{f.name}")
+        tmp.replace(zip_path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise ClassifierError(f"cannot write {zip_path}: {err.strerror or err}") from None
     return zip_path
 
 
 def import_classifier(project_root: Path, zip_path: Path, name: str | None = None, overwrite: bool = False) -> Path:
     """Unpack a classifier zip into the project (under its own name unless ``name`` is given)."""
-    with zipfile.ZipFile(zip_path) as zf:
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except (OSError, zipfile.BadZipFile) as err:
+        raise ClassifierError(f"cannot read {zip_path} as a classifier export (a zip file): {err}") from None
+    with zf:
         members = [m for m in zf.namelist() if not m.endswith("/")]
         tops = {m.split("/", 1)[0] for m in members}
         if len(tops) != 1 or not any(m.endswith("/" + METADATA) for m in members):

@@ -137,10 +137,10 @@ def load_backend(folder: Path, meta: ClassifierMetadata, backend: str = "auto", 
     if meta.architecture == "custom_onnx":
         backend = "onnx"
     if backend == "auto":
-        import torch
+        from ..training.trainer import resolve_device
 
-        gpu = device in ("auto", "cuda") and torch.cuda.is_available()
-        backend = "torch" if gpu or not onnx_path.exists() else "onnx"
+        on_cpu = resolve_device(device).type == "cpu"
+        backend = "onnx" if on_cpu and onnx_path.exists() else "torch"
     if backend == "onnx":
         if not onnx_path.exists():
             raise ConfigError(f"classifier '{meta.name}' has no {store.ONNX}; use --backend torch")
@@ -152,7 +152,10 @@ def load_backend(folder: Path, meta: ClassifierMetadata, backend: str = "auto", 
     if meta.backbone is None:
         raise ConfigError(f"classifier '{meta.name}' has no PyTorch model; use --backend onnx")
     model, _ = create_model(meta.backbone, meta.preprocessing.n_inputs, len(meta.classes), pretrained=False)
-    model.load_state_dict(torch.load(folder / store.WEIGHTS, map_location="cpu", weights_only=True))
+    weights = folder / store.WEIGHTS
+    if not weights.is_file():
+        raise ConfigError(f"classifier '{meta.name}' has no {store.WEIGHTS} in {folder}; use --backend onnx")
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return TorchBackend(model, device)
 
 

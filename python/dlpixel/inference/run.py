@@ -14,7 +14,7 @@ from shapely.strtree import STRtree
 
 from .. import store
 from ..config import InferenceConfig
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..metadata import ClassifierMetadata
 from ..preprocessing import Preprocessing, resolve_channels, stats_for
 from ..sources.base import ImageSource, LabelShape, Project, ProjectImage
@@ -87,9 +87,32 @@ def scope_shapes(image: ProjectImage, cfg: InferenceConfig, context: dict[str, A
     return shapes
 
 
-def _stem(name: str) -> str:
-    stem = re.sub(r"\.ome\.tiff?$|\.[^.]+$", "", name)
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem) or "image"
+def map_stem(name: str) -> str:
+    """The file-name stem of an image's map files: its name without the image extension, safe on any file system."""
+    from ..sources.files import image_stem
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", image_stem(name)) or "image"
+
+
+def check_request(meta: ClassifierMetadata, cfg: InferenceConfig, images: Sequence[ProjectImage],
+                  context: dict[str, Any]) -> None:
+    """Refuse settings that cannot give a meaningful result, before any tile is computed."""
+    if cfg.scope == "selected" and not context.get("selected_ids"):
+        raise ConfigError("scope 'selected' needs selected annotations, which only QuPath knows: run it from "
+                          "QuPath, or use scope 'annotations'")
+    if cfg.output == "measurements" and cfg.scope == "image":
+        raise ConfigError("measurements are made inside annotations: use scope 'annotations' or 'selected', or "
+                          "output 'map' for the whole image")
+    if meta.preprocessing.context_scale > 1 and cfg.tile_size not in (None, meta.tile_size):
+        raise ConfigError(f"classifier '{meta.name}' sees context around each tile, which lines up only at its own "
+                          f"tile size {meta.tile_size}; leave tile_size unset")
+    if cfg.output in ("map", "probabilities"):
+        stems: dict[str, str] = {}
+        for im in images:
+            other = stems.setdefault(map_stem(im.name).lower(), im.name)
+            if other != im.name:
+                raise DataError(f"images '{other}' and '{im.name}' would write the same map files; apply to one "
+                                "of them at a time (--image)")
 
 
 def apply_classifier(
@@ -102,91 +125,109 @@ def apply_classifier(
     context: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Apply ``classifier`` to the images and write the output ``cfg.output``; returns the files written."""
-    from .outputs import AreaAccumulator, ObjectBuilder
-    from .outputs_map import ClassMapWriter
-
     emit = Emitter(listeners)
     cancel = cancel or CancelToken()
     context = context or {}
     entry = store.load_classifier(project.root, classifier)
     meta = entry.metadata
     images = select_images(project, image_names)
+    check_request(meta, cfg, images, context)
     for folder in dict.fromkeys(output_folder(project, im, classifier, cfg.output) for im in images):
         if folder is not None:
             check_output_folder(folder)
     backend = load_backend(entry.path, meta, cfg.backend, cfg.device)
     emit("stage", stage="inference", message=f"applying '{classifier}' with {backend.name} on {backend.device}")
     predictor = Predictor(backend, meta, cfg.tile_size, cfg.overlap, cfg.batch_size, cfg.reader_threads, emit, cancel)
-    class_names = meta.class_names
-    ds = meta.downsample
     written: list[Path] = []
     for image in images:
         source = image.open()
-        pre = check_channels(meta, source, image.name)
-        check_pixel_size(meta, source, image.name, emit)
-        local = meta.model_copy(update={"preprocessing": pre})
-        predictor.meta = local
-        stats = stats_for(source, pre)
-        shapes = scope_shapes(image, cfg, context)
-        if shapes is not None and not shapes:
-            emit.log(f"image '{image.name}' has no annotations in scope '{cfg.scope}'; skipped", level="warning")
-            continue
-        grid = predictor.grid(source)
-        window = None
-        tile_filter = None
-        if shapes is not None:
-            bounds = shapely.total_bounds([s.geometry for s in shapes])
-            if bounds[0] >= source.width or bounds[1] >= source.height or bounds[2] <= 0 or bounds[3] <= 0:
-                raise DataError(f"the annotations of image '{image.name}' lie outside it "
-                                f"({source.width} × {source.height} px)")
-            if cfg.output in ("measurements", "objects"):
-                # Maps cover the whole image (uncomputed pixels stay empty); the others need only these rows.
-                window = (0, int(math.floor(bounds[1] / ds)), grid.width, int(math.ceil(bounds[3] / ds)))
-            tree = STRtree([shapely.transform(s.geometry, lambda c: c / ds) for s in shapes])
-            t = predictor.tile
-
-            def tile_filter(x: int, y: int, tree: STRtree = tree, t: int = t) -> bool:
-                return len(tree.query(shapely.box(x, y, x + t, y + t), predicate="intersects")) > 0
-
-        pixel_size = source.pixel_size_um
-        if cfg.output == "measurements":
-            sink: Any = AreaAccumulator(shapes or [], class_names, ds, pixel_size, classifier=classifier)
-        elif cfg.output == "objects":
-            sink = ObjectBuilder(class_names, ds, cfg.min_object_area, cfg.min_hole_area, cfg.simplify, pixel_size,
-                                 shapes, cfg.object_type, class_colors=[tuple(c.color) for c in meta.classes],
-                                 classifier=classifier)
-        else:
-            out_dir = project.root / "results" / classifier
-            suffix = "classes" if cfg.output == "map" else "probabilities"
-            path = out_dir / f"{_stem(image.name)}.{suffix}.ome.tif"
-            preview = path.with_name(path.name.replace(".ome.tif", ".png"))
-            sink = ClassMapWriter(
-                path, grid.width, grid.height, 1 if cfg.output == "map" else len(class_names),
-                pixel_size_um=pixel_size * ds if pixel_size else None,
-                channel_names=["classes"] if cfg.output == "map" else class_names,
-                kind="classes" if cfg.output == "map" else "probabilities",
-                colors=[tuple(c.color) for c in meta.classes], preview=preview,
-            )
         try:
-            for strip in predictor.strips(source, stats, window, tile_filter, label=image.name):
-                if cfg.output == "probabilities":
-                    data = np.rint(strip.probabilities * 255).astype(np.uint8)
-                    data[~strip.computed] = 0
-                else:
-                    data = strip.classes()
-                sink.add_strip(strip.y, data)
-        except BaseException:
-            if hasattr(sink, "abort"):
-                sink.abort()
-            raise
-        if cfg.output == "measurements":
-            written += image.write_results(classifier, measurements=sink.result())  # type: ignore[attr-defined]
-        elif cfg.output == "objects":
-            written += image.write_results(classifier, objects=sink.result(),  # type: ignore[attr-defined]
-                                           object_type=cfg.object_type)
-        else:
-            sink.close()
-            written += [path, preview]
-        emit.log(f"{image.name}: wrote {', '.join(str(p) for p in written[-2:])}")
+            paths = _apply_image(project, image, source, classifier, meta, cfg, predictor, context, emit)
+        finally:
+            source.close()  # type: ignore[attr-defined]
+        if paths:
+            emit.log(f"{image.name}: wrote {', '.join(str(p) for p in paths)}")
+        written += paths
     emit("done", message=f"applied '{classifier}': {len(written)} file(s) written", written=[str(p) for p in written])
     return written
+
+
+def _apply_image(
+    project: Project,
+    image: ProjectImage,
+    source: ImageSource,
+    classifier: str,
+    meta: ClassifierMetadata,
+    cfg: InferenceConfig,
+    predictor: Predictor,
+    context: dict[str, Any],
+    emit: Emitter,
+) -> list[Path]:
+    """One image: predict over the scope and hand the strips to the output's sink; the files written."""
+    from .outputs import AreaAccumulator, ObjectBuilder
+    from .outputs_map import ClassMapWriter
+
+    class_names = meta.class_names
+    ds = meta.downsample
+    pre = check_channels(meta, source, image.name)
+    check_pixel_size(meta, source, image.name, emit)
+    predictor.meta = meta.model_copy(update={"preprocessing": pre})
+    stats = stats_for(source, pre)
+    shapes = scope_shapes(image, cfg, context)
+    if shapes is not None and not shapes:
+        emit.log(f"image '{image.name}' has no annotations in scope '{cfg.scope}'; skipped", level="warning")
+        return []
+    grid = predictor.grid(source)
+    window = None
+    tile_filter = None
+    if shapes is not None:
+        bounds = shapely.total_bounds([s.geometry for s in shapes])
+        if bounds[0] >= source.width or bounds[1] >= source.height or bounds[2] <= 0 or bounds[3] <= 0:
+            raise DataError(f"the annotations of image '{image.name}' lie outside it "
+                            f"({source.width} × {source.height} px)")
+        if cfg.output in ("measurements", "objects"):
+            # Maps cover the whole image (uncomputed pixels stay empty); the others need only these rows.
+            window = (0, int(math.floor(bounds[1] / ds)), grid.width, int(math.ceil(bounds[3] / ds)))
+        tree = STRtree([shapely.transform(s.geometry, lambda c: c / ds) for s in shapes])
+        t = predictor.tile
+
+        def tile_filter(x: int, y: int, tree: STRtree = tree, t: int = t) -> bool:
+            return len(tree.query(shapely.box(x, y, x + t, y + t), predicate="intersects")) > 0
+
+    pixel_size = source.pixel_size_um
+    if cfg.output == "measurements":
+        sink: Any = AreaAccumulator(shapes or [], class_names, ds, pixel_size, classifier=classifier)
+    elif cfg.output == "objects":
+        sink = ObjectBuilder(class_names, ds, cfg.min_object_area, cfg.min_hole_area, cfg.simplify, pixel_size,
+                             shapes, cfg.object_type, class_colors=[tuple(c.color) for c in meta.classes],
+                             classifier=classifier)
+    else:
+        suffix = "classes" if cfg.output == "map" else "probabilities"
+        path = project.root / "results" / classifier / f"{map_stem(image.name)}.{suffix}.ome.tif"
+        preview = path.with_name(path.name.replace(".ome.tif", ".png"))
+        sink = ClassMapWriter(
+            path, grid.width, grid.height, 1 if cfg.output == "map" else len(class_names),
+            pixel_size_um=pixel_size * ds if pixel_size else None,
+            channel_names=["classes"] if cfg.output == "map" else class_names,
+            kind="classes" if cfg.output == "map" else "probabilities",
+            colors=[tuple(c.color) for c in meta.classes], preview=preview,
+        )
+    try:
+        for strip in predictor.strips(source, stats, window, tile_filter, label=image.name):
+            if cfg.output == "probabilities":
+                data = np.rint(strip.probabilities * 255).astype(np.uint8)
+                data[~strip.computed] = 0
+            else:
+                data = strip.classes()
+            sink.add_strip(strip.y, data)
+    except BaseException:
+        if hasattr(sink, "abort"):
+            sink.abort()
+        raise
+    if cfg.output == "measurements":
+        return list(image.write_results(classifier, measurements=sink.result()))  # type: ignore[attr-defined]
+    if cfg.output == "objects":
+        return list(image.write_results(classifier, objects=sink.result(),  # type: ignore[attr-defined]
+                                        object_type=cfg.object_type))
+    sink.close()
+    return [path, preview]

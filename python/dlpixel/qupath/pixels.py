@@ -125,8 +125,9 @@ def buffered_image_to_numpy(img: Any) -> np.ndarray:
 class QuPathImageSource:
     """An ``ImageSource`` over a QuPath ``ImageServer<BufferedImage>`` (z = 0, t = 0)."""
 
-    def __init__(self, server: Any, name: str):
+    def __init__(self, server: Any, name: str, owns_server: bool = True):
         self._server = server
+        self._owns_server = owns_server
         self._path = server.getPath()
         self.name = name
         self.width = int(server.getWidth())
@@ -190,7 +191,9 @@ class QuPathImageSource:
         return arr if arr.dtype == self.dtype else arr.astype(self.dtype, copy=False)
 
     def close(self) -> None:
-        """Release the server's files."""
+        """Release the server's files (not those of a server QuPath itself has open)."""
+        if not self._owns_server:
+            return
         try:
             self._server.close()
         except Exception:  # noqa: BLE001 - closing is best effort

@@ -271,7 +271,7 @@ class QuPathImage:
     def open(self) -> QuPathImageSource:
         """An ImageSource over the image's server."""
         if self._live is not None:
-            return QuPathImageSource(self._live.getServer(), self.name)
+            return QuPathImageSource(self._live.getServer(), self.name, owns_server=False)
         self.check_files()
         try:
             server = self._entry.getServerBuilder().build()

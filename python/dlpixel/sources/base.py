@@ -35,6 +35,10 @@ class ImageSource(Protocol):
         ``(round(h / downsample), round(w / downsample), C)`` in the image's dtype. Parts outside the image are 0."""
         ...
 
+    def close(self) -> None:
+        """Release the files the source holds open."""
+        ...
+
 
 def region_shape(downsample: float, w: int, h: int) -> tuple[int, int]:
     """Output (rows, cols) of ``read_region`` for a request of w × h full-resolution pixels."""

@@ -58,40 +58,46 @@ def gather_training_data(
     """Open the images that carry classified annotations and settle the class list. With ``match_classes`` (settings
     loaded from another classifier), the listed classes that these images lack are left out instead of refused."""
     chosen, sources, shapes = [], [], []
-    for image in select_images(project, image_names):
-        labelled = [s for s in image.annotations() if s.class_name is not None]
-        if not labelled:
-            if image_names:
-                raise DataError(f"image '{image.name}' has no classified annotations; classify them or leave it out")
-            continue
-        chosen.append(image)
-        sources.append(image.open())
-        shapes.append(labelled)
-    if not chosen:
-        raise DataError(
-            f"no image in {project.root} has classified annotations; draw annotations and set their class "
-            "(unclassified annotations are not labels)"
-        )
-    found = sorted({s.class_name for per in shapes for s in per if s.class_name})
-    if cfg.classes is not None:
-        missing = [c for c in cfg.classes if c not in found]
-        if missing and not match_classes:
-            raise ConfigError(f"classes {missing} have no annotations in the chosen images; found: {found}")
-        classes = [c for c in cfg.classes if c in found]
-    else:
-        classes = found
-    if len(classes) < 2:
-        raise DataError(f"at least two annotated classes are needed to train; found only {classes}")
-    unknown = [c for c in cfg.class_weights if c not in classes]
-    if unknown:
-        raise ConfigError(f"class_weights names classes {unknown} that are not trained; classes: {classes}")
-    colors = dict(project.class_colors())
-    for per in shapes:
-        for s in per:
-            if s.class_name and s.color and s.class_name not in colors:
-                colors[s.class_name] = tuple(s.color)  # type: ignore[assignment]
-    for i, c in enumerate(classes):
-        colors.setdefault(c, PALETTE[i % len(PALETTE)])
+    try:
+        for image in select_images(project, image_names):
+            labelled = [s for s in image.annotations() if s.class_name is not None]
+            if not labelled:
+                if image_names:
+                    raise DataError(f"image '{image.name}' has no classified annotations; classify them or leave "
+                                    "it out")
+                continue
+            chosen.append(image)
+            sources.append(image.open())
+            shapes.append(labelled)
+        if not chosen:
+            raise DataError(
+                f"no image in {project.root} has classified annotations; draw annotations and set their class "
+                "(unclassified annotations are not labels)"
+            )
+        found = sorted({s.class_name for per in shapes for s in per if s.class_name})
+        if cfg.classes is not None:
+            missing = [c for c in cfg.classes if c not in found]
+            if missing and not match_classes:
+                raise ConfigError(f"classes {missing} have no annotations in the chosen images; found: {found}")
+            classes = [c for c in cfg.classes if c in found]
+        else:
+            classes = found
+        if len(classes) < 2:
+            raise DataError(f"at least two annotated classes are needed to train; found only {classes}")
+        unknown = [c for c in cfg.class_weights if c not in classes]
+        if unknown:
+            raise ConfigError(f"class_weights names classes {unknown} that are not trained; classes: {classes}")
+        colors = dict(project.class_colors())
+        for per in shapes:
+            for s in per:
+                if s.class_name and s.color and s.class_name not in colors:
+                    colors[s.class_name] = tuple(s.color)  # type: ignore[assignment]
+        for i, c in enumerate(classes):
+            colors.setdefault(c, PALETTE[i % len(PALETTE)])
+    except BaseException:
+        for src in sources:
+            src.close()
+        raise
     return TrainingData(chosen, sources, shapes, classes, colors)
 
 
@@ -132,17 +138,24 @@ def train_classifier(
 ) -> store.ClassifierEntry:
     """Train a classifier on the project's annotations and save it to ``classifiers/dl/<name>/``; ``match_classes``
     keeps, of the classes listed in the settings, those the images have (for settings taken from another model)."""
-    from ..models.factory import create_model, freeze_blocks, resolve_freeze
-    from ..models.onnx import export_onnx
-    from .losses import class_weights_from_counts
-    from .trainer import fit
-
     emit = Emitter(listeners)
     cancel = cancel or CancelToken()
     store.check_free(project.root, name, overwrite)
 
     emit("stage", stage="reading", message="reading images and annotations")
     data = gather_training_data(project, image_names, cfg, match_classes)
+    try:
+        cfg, pre, cache = _extract(data, cfg, emit, cancel)
+    finally:
+        for src in data.sources:
+            src.close()
+    names = [im.name for im in data.images]
+    return _train_and_save(project, name, cfg, data, names, pre, cache, overwrite, emit, cancel)
+
+
+def _extract(data: TrainingData, cfg: TrainingConfig, emit: Emitter, cancel: CancelToken) -> tuple[
+        TrainingConfig, Preprocessing, PatchCache]:
+    """Check channels and tile size, compute normalisation statistics and read every training tile once."""
     if cfg.classes is not None and data.classes != list(cfg.classes):
         emit.log(f"classes matched by name: training {data.classes}; not in these images: "
                  f"{[c for c in cfg.classes if c not in data.classes]}", level="warning")
@@ -169,7 +182,8 @@ def train_classifier(
     emit("stage", stage="statistics", message="computing normalisation statistics")
     samples = [sample_pixels(src, channels) for src in data.sources]
     pre.dataset_stats = dataset_stats(samples, cfg.normalization)
-    stats = [image_stats(src, pre) if cfg.normalization.image_level else pre.dataset_stats for src in data.sources]
+    stats = [image_stats(src, pre, pixels) if cfg.normalization.image_level else pre.dataset_stats
+             for src, pixels in zip(data.sources, samples)]
 
     stroke = cfg.line_stroke_width or DEFAULT_STROKE_PX
     class_index = {c: i for i, c in enumerate(data.classes)}
@@ -181,6 +195,18 @@ def train_classifier(
     emit("stage", stage="patches", message="extracting training tiles")
     cache = extract_patches(data.sources, data.shapes, stats, pre, class_index, cfg.tile_size, cfg.downsample,
                             cfg.tile_overlap, stroke, progress=on_extract)
+    return cfg, pre, cache
+
+
+def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: TrainingData, names: list[str],
+                    pre: Preprocessing, cache: PatchCache, overwrite: bool, emit: Emitter,
+                    cancel: CancelToken) -> store.ClassifierEntry:
+    """Split the tiles, build and train the model, and save the classifier folder."""
+    from ..models.factory import create_model, freeze_blocks, resolve_freeze
+    from ..models.onnx import export_onnx
+    from .losses import class_weights_from_counts
+    from .trainer import fit
+
     if len(cache) < 2:
         raise DataError(f"only {len(cache)} labelled tile(s) at tile_size {cfg.tile_size}; annotate more, or use a "
                         "smaller tile_size or tile_overlap")
