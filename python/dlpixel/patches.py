@@ -287,12 +287,6 @@ class PatchCache:
     def __len__(self) -> int:
         return len(self.tiles)
 
-    def class_counts(self, indices: Sequence[int], n_classes: int) -> np.ndarray:
-        """Labelled pixels per class over the given tiles."""
-        counts = np.zeros(n_classes, np.int64)
-        for i in indices:
-            counts += np.bincount(self.masks[i].reshape(-1), minlength=256)[:n_classes]
-        return counts
 
 
 def extract_patches(

@@ -21,8 +21,8 @@ from . import store
 from .config import TrainingConfig
 from .diagnosis import MIN_EPOCHS, Finding, diagnose
 from .metadata import ClassifierMetadata
+from .patches import UNLABELLED
 from .report_plots import (
-    UNLABELLED,
     Series,
     colour_mask,
     display_image,

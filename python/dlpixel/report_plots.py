@@ -17,7 +17,6 @@ from xml.sax.saxutils import escape, quoteattr
 import numpy as np
 from PIL import Image
 
-UNLABELLED = 255
 MAX_TILE_PX = 512
 """Tiles larger than this are shown downscaled, to keep the page a few megabytes."""
 

@@ -30,8 +30,8 @@ from .config import (
     validate_name,
 )
 from .errors import ConfigError
+from .projects import project_root
 from .qupath_install import HELPER_FILE, INSTALL_FOLDER, default_user_dir
-
 
 TRAINING_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Classifier info", ("description",)),
@@ -315,11 +315,6 @@ def apply_script(
 # Command line
 
 
-def _project_root(project: str) -> Path:
-    path = Path(project)
-    return path.parent if path.suffix == ".qpproj" else path
-
-
 def _layers(args: argparse.Namespace) -> list[dict[str, Any]]:
     layers: list[dict[str, Any]] = []
     if getattr(args, "from_model", None):
@@ -327,7 +322,7 @@ def _layers(args: argparse.Namespace) -> list[dict[str, Any]]:
             raise ConfigError("--from-model needs --project: the classifier is read from the project's classifiers")
         from . import store
 
-        layers.append(store.load_settings(_project_root(args.project), args.from_model))
+        layers.append(store.load_settings(project_root(args.project), args.from_model))
     if args.config:
         layers.append(load_config_file(args.config))
     layers.append(parse_overrides(args.set or []))

@@ -23,6 +23,7 @@ import tifffile
 from PIL import Image
 
 from ..sources._io import atomic_path
+from ..sources.images import pyramid_factors
 
 MapKind = Literal["classes", "probabilities"]
 PREVIEW_MAX_SIZE = 2048
@@ -45,14 +46,6 @@ def reduce_mean(rows: np.ndarray) -> np.ndarray:
     """Halve an (2n, 2m, C) uint8 array by the rounded mean of each 2 × 2 block (probabilities)."""
     s = rows[0::2, 0::2].astype(np.uint16) + rows[0::2, 1::2] + rows[1::2, 0::2] + rows[1::2, 1::2]
     return ((s + 2) // 4).astype(np.uint8)
-
-
-def pyramid_factors(height: int, width: int, tile: int) -> list[int]:
-    """Downsample factors of the levels: halved until the longer side fits one tile (as ``write_ome_tiff``)."""
-    factors = [1]
-    while max(height, width) // factors[-1] > tile and min(height, width) // (factors[-1] * 2) >= 1:
-        factors.append(factors[-1] * 2)
-    return factors
 
 
 class _Level:

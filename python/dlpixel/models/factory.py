@@ -28,15 +28,14 @@ for b1/b2's deeper stages too.
 
 from __future__ import annotations
 
+import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-import segmentation_models_pytorch as smp
 from segmentation_models_pytorch.encoders.efficientnet import EfficientNetEncoder
 from segmentation_models_pytorch.encoders.mobilenet import MobileNetV2Encoder
 from segmentation_models_pytorch.encoders.resnet import ResNetEncoder
 from segmentation_models_pytorch.encoders.timm_efficientnet import EfficientNetBaseEncoder
+from torch import nn
 
 from ..config import BACKBONES, ENCODER_BLOCKS, Freeze
 from ..errors import ConfigError

@@ -316,6 +316,14 @@ def _tiff_pixel_size(tif: tifffile.TiffFile) -> float | None:
     return None
 
 
+def pyramid_factors(height: int, width: int, tile: int) -> list[int]:
+    """Downsample factors of pyramid levels: halved until the longer side fits one tile."""
+    factors = [1]
+    while max(height, width) // factors[-1] > tile and min(height, width) // (factors[-1] * 2) >= 1:
+        factors.append(factors[-1] * 2)
+    return factors
+
+
 def write_ome_tiff(
     path: str | Path,
     array: np.ndarray,
@@ -341,9 +349,7 @@ def write_ome_tiff(
     if names is not None and len(names) != n_channels:
         raise ValueError(f"{len(names)} channel names for {n_channels} channels")
     rgb = array.dtype == np.uint8 and n_channels == 3 and names in (None, RGB_NAMES)
-    factors = [1]
-    while pyramid and max(height, width) // factors[-1] > tile and min(height, width) // (factors[-1] * 2) >= 1:
-        factors.append(factors[-1] * 2)
+    factors = pyramid_factors(height, width, tile) if pyramid else [1]
 
     def stored(level: np.ndarray) -> np.ndarray:
         return level if rgb else np.ascontiguousarray(level.transpose(2, 0, 1))

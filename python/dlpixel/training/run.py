@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .. import store
 from ..config import TrainingConfig
 from ..errors import ConfigError, DataError
 from ..metadata import ClassifierMetadata, ClassInfo, Results, WeightProvenanceInfo, software_versions
 from ..patches import DEFAULT_STROKE_PX, check_tile_fits, extract_patches, split_tiles
 from ..preprocessing import Preprocessing, dataset_stats, image_stats, resolve_channels, sample_pixels
 from ..sources.base import ImageSource, LabelShape, Project, ProjectImage
-from .. import store
 from .events import CancelToken, Emitter, Listener
 
 if TYPE_CHECKING:
