@@ -22,11 +22,9 @@ DEMO_CLASSIFIER = "ihc_demo"
 DEMO_SETTINGS: dict[str, Any] = {
     "description": "Tumor, stroma and background on scikit-image's IHC sample (dlpixel demo)",
     "backbone": "efficientnet-lite0",
-    "pretrained": True,
     "tile_size": 64,
     "tile_overlap": 25,
     "epochs": 30,
-    "batch_size": 8,
     "early_stop_patience": 8,
     "line_stroke_width": 5,
 }

@@ -310,9 +310,16 @@ def extract_patches(
     images = np.empty((len(candidates), n_in, tile_size, tile_size), np.float32)
     masks = np.empty((len(candidates), tile_size, tile_size), np.uint8)
     kept: list[TileRef] = []
+    extent = tile_size * downsample
+    margin = max(stroke_width, 1) * downsample
+    trees = [STRtree([s.geometry for s in shapes]) if shapes else None for shapes in shapes_per_image]
     for n, t in enumerate(candidates):
-        mask = rasterize_labels(shapes_per_image[t.image], class_index, t.x, t.y, downsample,
-                                (tile_size, tile_size), stroke_width)
+        # Only the shapes near the tile are drawn (a point or line reaches half a stroke beyond its geometry).
+        shapes = shapes_per_image[t.image]
+        tree = trees[t.image]
+        near = [] if tree is None else [shapes[i] for i in sorted(tree.query(
+            shapely.box(t.x - margin, t.y - margin, t.x + extent + margin, t.y + extent + margin)))]
+        mask = rasterize_labels(near, class_index, t.x, t.y, downsample, (tile_size, tile_size), stroke_width)
         if (mask != UNLABELLED).any():
             tile = read_tile(sources[t.image], pre, stats_per_image[t.image], downsample, t.x, t.y, tile_size)
             images[len(kept)] = tile.transpose(2, 0, 1)
@@ -320,7 +327,9 @@ def extract_patches(
             kept.append(t)
         if progress is not None:
             progress(n + 1, len(candidates))
-    return PatchCache(images[: len(kept)].copy(), masks[: len(kept)].copy(), kept)
+    if len(kept) < len(candidates):
+        images, masks = images[: len(kept)].copy(), masks[: len(kept)].copy()
+    return PatchCache(images, masks, kept)
 
 
 def check_tile_fits(sources: Sequence[ImageSource], names: Sequence[str], tile_size: int, downsample: float) -> None:
