@@ -78,7 +78,7 @@ def bench_inference(
         meta = entry.metadata
         model = load_backend(entry.path, meta, backend, device)
         source = FileImageSource(_bench_image(root / "bench.ome.tif", size))
-        predictor = Predictor(model, meta, tile_size, tile_size // 4, batch_size)
+        predictor = Predictor(model, meta, tile_size, None, batch_size)
         grid = predictor.grid(source)
         n_tiles = len(grid.xs) * len(grid.ys)
 
@@ -105,7 +105,7 @@ def bench_inference(
         "backbone": backbone,
         "image_px": size,
         "tile_size": tile_size,
-        "overlap": tile_size // 4,
+        "overlap": predictor.overlap,
         "batch_size": batch_size,
         "tiles": n_tiles,
         "end_to_end_tiles_per_second": round(best, 2),

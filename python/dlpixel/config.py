@@ -310,6 +310,11 @@ class InferenceConfig(_Settings):
         return value
 
 
+def default_overlap(tile_size: int) -> int:
+    """The blending overlap when ``overlap`` is not set: a quarter tile (seam-free at the fewest tiles)."""
+    return tile_size // 4
+
+
 def format_validation_error(err: ValidationError, prefix: str = "") -> str:
     """One line per problem, naming the setting as ``--set`` spells it."""
     parts = []

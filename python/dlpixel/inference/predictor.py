@@ -17,6 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..config import default_overlap
 from ..errors import ConfigError
 from ..metadata import ClassifierMetadata
 from ..preprocessing import ChannelStats, read_tile
@@ -203,7 +204,7 @@ class Predictor:
         self.tile = tile_size or meta.tile_size
         if self.tile % 32:
             raise ConfigError(f"tile size must be a multiple of 32 (got {self.tile})")
-        self.overlap = self.tile // 4 if overlap is None else overlap
+        self.overlap = default_overlap(self.tile) if overlap is None else overlap
         if not 0 <= self.overlap < self.tile:
             raise ConfigError(f"overlap must be from 0 to less than the tile size {self.tile} (got {self.overlap})")
         self.batch_size = batch_size
