@@ -176,8 +176,13 @@ class Strip:
         return self.planes.transpose(1, 2, 0)
 
     def classes(self) -> np.ndarray:
-        """Class index per pixel, 255 where nothing was computed."""
-        out = self.planes.argmax(0).astype(np.uint8)
+        """Class index per pixel (the first of equal maxima, as ``argmax``), 255 where nothing was computed."""
+        best = self.planes[0].copy()
+        out = np.zeros(best.shape, np.uint8)
+        for k in range(1, len(self.planes)):
+            higher = self.planes[k] > best
+            out[higher] = k
+            np.maximum(best, self.planes[k], out=best)
         out[~self.computed] = 255
         return out
 
