@@ -185,3 +185,20 @@ def test_tile_larger_than_every_image_is_refused():
     with pytest.raises(ConfigError, match="larger than every image.*96 px"):
         check_tile_fits([small], ["small.tif"], 128, 1.0)
     check_tile_fits([small], ["small.tif"], 96, 1.0)
+
+
+def test_statistics_read_an_image_without_pyramid_in_strips():
+    from dlpixel.preprocessing import STATS_STRIP_ROWS, sample_pixels
+
+    src = ArraySource(np.zeros((3000, 2000, 2), np.uint16))
+    heights = []
+    real = src.read_region
+
+    def spy(downsample, x, y, w, h):
+        heights.append(h)
+        return real(downsample, x, y, w, h)
+
+    src.read_region = spy
+    pixels = sample_pixels(src, [1])
+    assert len(heights) > 1 and max(heights) <= STATS_STRIP_ROWS * 3000 / 1024 + 1
+    assert sum(heights) == 3000 and pixels.shape[1] == 1

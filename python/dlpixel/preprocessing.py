@@ -18,9 +18,11 @@ from .errors import ConfigError
 from .sources.base import ImageSource
 
 STATS_MAX_SIDE = 1024
+"""Image-level statistics are computed from a read whose longer side is at most this many pixels."""
 STATS_MAX_PIXELS = 1 << 18
 """Statistics use at most this many pixels of that read (evenly spaced): plenty for percentiles, and quick."""
-"""Image-level statistics are computed from a read whose longer side is at most this many pixels."""
+STATS_STRIP_ROWS = 256
+"""Rows (at the statistics' downsample) read at a time for the statistics."""
 
 
 class ChannelStats(BaseModel):
@@ -107,7 +109,10 @@ def sample_pixels(source: ImageSource, channels: Sequence[int]) -> np.ndarray:
     """Pixels (N, C) of the selected channels from one downsampled read of the whole image, every k-th pixel so
     that at most ``STATS_MAX_PIXELS`` remain (plenty for percentiles, and quick)."""
     ds = stats_read_downsample(source)
-    img = source.read_region(ds, 0, 0, source.width, source.height)
+    # Read in strips of rows: an image without a pyramid is read from full resolution, never all at once.
+    rows = max(1, int(round(STATS_STRIP_ROWS * ds)))
+    img = np.concatenate([source.read_region(ds, 0, y, source.width, min(rows, source.height - y))
+                          for y in range(0, source.height, rows)])
     flat = img.reshape(-1, img.shape[-1])
     step = -(-len(flat) // STATS_MAX_PIXELS)
     return np.ascontiguousarray(flat[::step, list(channels)])
