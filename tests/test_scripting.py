@@ -13,7 +13,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-import types
 from pathlib import Path
 from typing import Any
 
@@ -176,10 +175,9 @@ def test_cli_builds_the_config_from_file_flags_and_model(tmp_path: Path, monkeyp
         calls.append((root, name))
         return {"backbone": "resnet18", "epochs": 3}
 
-    monkeypatch.setitem(sys.modules, "dlpixel.store", types.SimpleNamespace(load_settings=load_settings))
-    import dlpixel
+    import dlpixel.store
 
-    monkeypatch.setattr(dlpixel, "store", sys.modules["dlpixel.store"], raising=False)
+    monkeypatch.setattr(dlpixel.store, "load_settings", load_settings)
     assert scripting.main(["script", "train", "--project", str(tmp_path / "project.qpproj"), "--name", "R1",
                            "--from-model", "Old", "--config", str(cfg), "--set", "batch_size=2",
                            "--image", "a.tif", "--image", "b.tif", "--helper", "/x/DLPixel.groovy"]) == 0

@@ -50,25 +50,26 @@ def _add_project(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--qupath", help="QuPath installation or folder of jars (default: $QUPATH_HOME, then a search)")
 
 
-def training_settings(args: argparse.Namespace, project_root: Path | None) -> tuple[TrainingConfig, str | None]:
-    """Settings from ``--from-model``, then ``--config``, then ``--set`` (later wins); and the default name."""
+def settings_layers(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Settings from ``--from-model`` (a classifier's training settings), then ``--config``, then ``--set``; later
+    layers win. Shared by ``train``, ``apply`` and ``script``."""
+    from .projects import project_root
+
     layers: list[dict[str, Any]] = []
-    default_name = None
     if getattr(args, "from_model", None):
-        if project_root is None:
-            raise ConfigError("--from-model needs --project")
-        layers.append(store.load_settings(project_root, args.from_model))
-        default_name = store.retrain_name(args.from_model)
+        if not getattr(args, "project", None):
+            raise ConfigError("--from-model needs --project: the classifier is read from the project's classifiers")
+        layers.append(store.load_settings(project_root(args.project), args.from_model))
     if getattr(args, "config", None):
         layers.append(load_config_file(args.config))
     layers.append(parse_overrides(getattr(args, "set", None) or []))
-    return build_config(TrainingConfig, *layers, source="settings"), default_name
+    return layers
 
 
-def project_root_of(path: str) -> Path:
-    from .projects import project_root
-
-    return project_root(path)
+def training_settings(args: argparse.Namespace) -> tuple[TrainingConfig, str | None]:
+    """The training settings of ``settings_layers``, and the default name when they come from another model."""
+    default_name = store.retrain_name(args.from_model) if getattr(args, "from_model", None) else None
+    return build_config(TrainingConfig, *settings_layers(args), source="settings"), default_name
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -80,7 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if not args.project:
         raise ConfigError("--project is required")
-    cfg, default_name = training_settings(args, project_root_of(args.project))
+    cfg, default_name = training_settings(args)
     name = args.name or default_name
     if not name:
         raise ConfigError("--name is required (letters, digits, '_' and '-')")
@@ -128,7 +129,9 @@ def settings_help() -> str:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    root = project_root_of(args.project)
+    from .projects import project_root
+
+    root = project_root(args.project)
     if args.action == "list":
         entries = store.list_classifiers(root)
         if not entries:

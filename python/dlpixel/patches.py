@@ -276,6 +276,11 @@ def _split_by_blocks(
     return Split(train, val, "by_blocks", val_blocks=val_blocks, dropped=dropped, warnings=warnings)
 
 
+def label_counts(mask: np.ndarray, n_classes: int) -> np.ndarray:
+    """Labelled pixels per class in one label mask (unlabelled pixels are not counted)."""
+    return np.bincount(mask.reshape(-1), minlength=256)[:n_classes]
+
+
 class PatchCache:
     """Model inputs and label masks of every tile, extracted once (in memory)."""
 

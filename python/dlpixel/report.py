@@ -21,7 +21,7 @@ from . import store
 from .config import TrainingConfig
 from .diagnosis import MIN_EPOCHS, Finding, diagnose
 from .metadata import ClassifierMetadata
-from .patches import UNLABELLED
+from .patches import UNLABELLED, label_counts
 from .report_plots import (
     Series,
     colour_mask,
@@ -71,7 +71,7 @@ def changed_settings(cfg: TrainingConfig) -> list[tuple[str, Any, Any]]:
 def pick_sample_tiles(masks: np.ndarray, candidates: Sequence[int], n_classes: int,
                       count: int = MAX_SAMPLES) -> list[int]:
     """Up to ``count`` tiles to show: each next one adds the most classes not shown yet, then the most labels."""
-    counts = {int(i): np.bincount(masks[i].reshape(-1), minlength=256)[:n_classes] for i in candidates}
+    counts = {int(i): label_counts(masks[i], n_classes) for i in candidates}
     chosen: list[int] = []
     shown: set[int] = set()
     while counts and len(chosen) < count:

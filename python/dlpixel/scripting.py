@@ -25,12 +25,9 @@ from .config import (
     InferenceConfig,
     TrainingConfig,
     build_config,
-    load_config_file,
-    parse_overrides,
     validate_name,
 )
 from .errors import ConfigError
-from .projects import project_root
 from .qupath_install import HELPER_FILE, INSTALL_FOLDER, default_user_dir
 
 TRAINING_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -315,28 +312,16 @@ def apply_script(
 # Command line
 
 
-def _layers(args: argparse.Namespace) -> list[dict[str, Any]]:
-    layers: list[dict[str, Any]] = []
-    if getattr(args, "from_model", None):
-        if not args.project:
-            raise ConfigError("--from-model needs --project: the classifier is read from the project's classifiers")
-        from . import store
-
-        layers.append(store.load_settings(project_root(args.project), args.from_model))
-    if args.config:
-        layers.append(load_config_file(args.config))
-    layers.append(parse_overrides(args.set or []))
-    return layers
-
-
 def script_from_args(args: argparse.Namespace) -> str:
     """The script that ``dlpixel script train|apply`` prints for parsed arguments."""
+    from .cli import settings_layers
+
     if args.kind == "train":
-        config = build_config(TrainingConfig, *_layers(args), source="settings")
+        config = build_config(TrainingConfig, *settings_layers(args), source="settings")
         return training_script(args.project, args.name, args.image or [], config, overwrite=args.overwrite,
                                helper=args.helper)
     flags = {k: v for k, v in (("output", args.output), ("scope", args.scope)) if v is not None}
-    config = build_config(InferenceConfig, *_layers(args), flags, source="settings")
+    config = build_config(InferenceConfig, *settings_layers(args), flags, source="settings")
     return apply_script(args.project, args.classifier, args.image or [], config, helper=args.helper)
 
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..config import InferenceConfig, build_config, load_config_file, parse_overrides
+from ..config import InferenceConfig, build_config
 
 
 def inference_settings(args: argparse.Namespace) -> InferenceConfig:
     """Settings from ``--config``, then ``--set``, then the dedicated flags (later wins)."""
-    layers: list[dict[str, Any]] = []
-    if args.config:
-        layers.append(load_config_file(args.config))
-    layers.append(parse_overrides(args.set or []))
+    from ..cli import settings_layers
+
+    layers = settings_layers(args)
     flags = {
         "output": args.output, "scope": args.scope, "tile_size": args.tile_size, "overlap": args.overlap,
         "batch_size": args.batch_size, "device": args.device, "backend": args.backend,

@@ -14,7 +14,7 @@ from .. import store
 from ..config import TrainingConfig
 from ..errors import ConfigError, DataError
 from ..metadata import ClassifierMetadata, ClassInfo, Results, WeightProvenanceInfo, software_versions
-from ..patches import DEFAULT_STROKE_PX, check_tile_fits, extract_patches, split_tiles
+from ..patches import DEFAULT_STROKE_PX, check_tile_fits, extract_patches, label_counts, split_tiles
 from ..preprocessing import Preprocessing, dataset_stats, image_stats, resolve_channels, sample_pixels
 from ..sources.base import ImageSource, LabelShape, Project, ProjectImage
 from .events import CancelToken, Emitter, Listener
@@ -211,7 +211,7 @@ def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: Trai
         raise DataError(f"only {len(cache)} labelled tile(s) at tile_size {cfg.tile_size}; annotate more, or use a "
                         "smaller tile_size or tile_overlap")
     n_classes = len(data.classes)
-    tile_counts = np.stack([np.bincount(m.reshape(-1), minlength=256)[:n_classes] for m in cache.masks])
+    tile_counts = np.stack([label_counts(m, n_classes) for m in cache.masks])
     split = split_tiles(cache.tiles, tile_counts, names, cfg.validation_split, cfg.tile_size, cfg.downsample,
                         cfg.context_scale, cfg.seed)
     for w in split.warnings:
