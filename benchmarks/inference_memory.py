@@ -103,7 +103,7 @@ def annotations_geojson(size: int) -> list[dict[str, Any]]:
 def prepare(folder: Path, size: int, downsample: float, tile_size: int, backbone: str) -> Path:
     """A folder project with the slide, its annotations and the benchmark classifier; the slide is reused when a
     previous run left one of the same size."""
-    from dlpixel.bench import _bench_classifier
+    from dlpixel.inference.bench import _bench_classifier
 
     folder.mkdir(parents=True, exist_ok=True)
     slide = folder / f"slide{size}.ome.tif"

@@ -1,6 +1,6 @@
 """Throughput of ``apply`` against the model alone, per tile size, batch size and backend: end-to-end tiles per
 second, model-only tiles per second on ready tensors (same device, batch and precision) and their ratio,
-``pipeline_efficiency`` (target: at least 0.9). Each configuration is one ``dlpixel.bench.bench_inference`` call,
+``pipeline_efficiency`` (target: at least 0.9). Each configuration is one ``dlpixel.inference.bench.bench_inference`` call,
 which alternates the two measurements and keeps the best of each, so a busy machine slows both alike.
 
     python benchmarks/inference_throughput.py
@@ -32,7 +32,7 @@ def parse_configs(text: str) -> list[tuple[int, int]]:
 def run(configs: list[tuple[int, int]], backends: list[str], size: int, repeats: int,
         backbone: str) -> list[dict[str, Any]]:
     """One ``bench_inference`` result per configuration and backend, with its wall time."""
-    from dlpixel.bench import bench_inference
+    from dlpixel.inference.bench import bench_inference
 
     results = []
     for tile, batch in configs:

@@ -10,15 +10,14 @@ import pytest
 import shapely
 import tifffile
 import torch
-from shapely.geometry import mapping
-
-from dlpixel import store
-from dlpixel.cli import main
+from dlpixel.classifiers import store
+from dlpixel.classifiers.onnx_import import import_onnx
+from dlpixel.cli.main import main
 from dlpixel.config import InferenceConfig, NormalizationConfig
 from dlpixel.errors import ClassifierError, DataError, DlpixelError
-from dlpixel.inference.onnx_import import import_onnx
 from dlpixel.inference.run import apply_classifier
 from dlpixel.projects import open_project
+from shapely.geometry import mapping
 
 SIZE = 300
 

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-
-from conftest import synthetic_image, strokes_from_truth, write_folder_project
-from dlpixel import store
-from dlpixel.cli import main
+from conftest import strokes_from_truth, synthetic_image, write_folder_project
+from dlpixel.classifiers import store
+from dlpixel.cli.main import main
 from dlpixel.config import TrainingConfig
 from dlpixel.errors import TrainingError
 from dlpixel.projects import open_project

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from conftest import synthetic_image, strokes_from_truth, write_folder_project
+from conftest import strokes_from_truth, synthetic_image, write_folder_project
 from dlpixel.config import TrainingConfig
+from dlpixel.data.preprocessing import stats_for
 from dlpixel.inference.predictor import Predictor, load_backend
-from dlpixel.inference.tiling import Grid, axis_positions, blend_window
-from dlpixel.preprocessing import stats_for
 from dlpixel.projects import open_project
+from dlpixel.runtime.tiling import Grid, axis_positions, blend_window
 from dlpixel.training.run import train_classifier
 
 

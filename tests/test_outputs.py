@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import shapely
 import tifffile
-from PIL import Image
-
-from dlpixel.geometry import polygon_mask
+from dlpixel.data.base import LabelShape
+from dlpixel.data.geometry import polygon_mask
+from dlpixel.data.images import FileImageSource
 from dlpixel.inference.outputs import (
     AreaAccumulator,
     ClassMapWriter,
@@ -24,8 +24,7 @@ from dlpixel.inference.outputs import (
     measurement_names,
 )
 from dlpixel.inference.outputs_map import reduce_mean, reduce_mode
-from dlpixel.sources.base import LabelShape
-from dlpixel.sources.images import FileImageSource
+from PIL import Image
 
 CLASSES = ["Background", "Tumor", "Stroma", "Ignore*"]
 

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import shapely
 import shapely.affinity
-
 from dlpixel.config import NormalizationConfig
-from dlpixel.errors import ConfigError
-from dlpixel.patches import (
+from dlpixel.data.base import LabelShape
+from dlpixel.data.patches import (
     UNLABELLED,
     TileRef,
     check_tile_fits,
@@ -18,8 +17,15 @@ from dlpixel.patches import (
     sample_tiles,
     split_tiles,
 )
-from dlpixel.preprocessing import Preprocessing, image_stats, normalize, read_tile, resolve_channels, tile_footprint
-from dlpixel.sources.base import LabelShape
+from dlpixel.data.preprocessing import (
+    Preprocessing,
+    image_stats,
+    normalize,
+    read_tile,
+    resolve_channels,
+    tile_footprint,
+)
+from dlpixel.errors import ConfigError
 
 
 class ArraySource:
@@ -188,7 +194,7 @@ def test_tile_larger_than_every_image_is_refused():
 
 
 def test_statistics_read_an_image_without_pyramid_in_strips():
-    from dlpixel.preprocessing import STATS_STRIP_ROWS, sample_pixels
+    from dlpixel.data.preprocessing import STATS_STRIP_ROWS, sample_pixels
 
     src = ArraySource(np.zeros((3000, 2000, 2), np.uint16))
     heights = []

@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import shapely
-from shapely.geometry import LineString, MultiPoint, Polygon
-
+from dlpixel.data.base import ImageSource, LabelShape
 from dlpixel.errors import ConfigError, DataError
 from dlpixel.qupath import jvm
-from dlpixel.sources.base import ImageSource, LabelShape
+from shapely.geometry import LineString, MultiPoint, Polygon
 
 sys.path.insert(0, str(Path(__file__).parent))
 from qupath_standin import build_standin, write_pyramid_tiff  # noqa: E402
@@ -326,7 +325,6 @@ def test_bridge_handle_replies_in_json():
 
 def test_registered_bridge_called_from_java(project_dir, monkeypatch):
     import jpype
-
     from dlpixel.qupath.bridge import register_bridge, registered_bridge
     from dlpixel.qupath.project import QuPathImage, QuPathProject
 
@@ -372,11 +370,11 @@ def test_launch_gui_without_gui_classes(qupath_dir, runtime):
 
 
 def test_cli_images(project_dir, capsys, qupath_dir):
-    from dlpixel.cli import build_parser
+    from dlpixel.cli.main import build_parser
 
     parser = build_parser()
     assert parser.parse_args(["qupath", "launch"]).func.__name__ == "_launch"
-    assert parser.parse_args(["qupath", "install", "--print-only"]).func.__name__ == "_run"
+    assert parser.parse_args(["qupath", "install", "--print-only"]).func.__name__ == "_install"
     assert parser.parse_args(["bench", "bridge", "--project", "p"]).func.__name__ == "_bench"
     args = parser.parse_args(["images", "--project", str(project_dir), "--qupath", str(qupath_dir)])
     assert args.func(args) == 0
@@ -389,7 +387,7 @@ def test_cli_images(project_dir, capsys, qupath_dir):
 
 
 def test_images_command_lists_names_and_fails_in_one_line(project_dir, tmp_path, capsys, qupath_dir):
-    from dlpixel.cli import main
+    from dlpixel.cli.main import main
 
     assert main(["images", "--project", str(project_dir / "project.qpproj"), "--qupath", str(qupath_dir)]) == 0
     assert capsys.readouterr().out.splitlines() == ["rgb.tif", "multi.tif"]

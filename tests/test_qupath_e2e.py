@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import shapely
 import tifffile
-
 from conftest import COLORS, strokes_from_truth, synthetic_image
-from dlpixel.cli import main
-from dlpixel.sources.base import LabelShape
+from dlpixel.cli.main import main
+from dlpixel.data.base import LabelShape
 
 sys.path.insert(0, str(Path(__file__).parent))
 from qupath_standin import build_standin, write_pyramid_tiff  # noqa: E402
@@ -113,7 +112,7 @@ def test_train_apply_write_back_and_rerun(project, capsys):
     # One classifier per kind of image, as a user with two channel sets would do.
     _train(p, "bright", "rgb.tif")
     _train(p, "fluo", "multi.tif")
-    from dlpixel import store
+    from dlpixel.classifiers import store
 
     assert [e.name for e in store.list_classifiers(p["root"])] and {e.name for e in store.list_classifiers(
         p["root"])} == {"bright", "fluo"}

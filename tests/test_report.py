@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import strokes_from_truth, synthetic_image, write_folder_project
-from dlpixel import store
-from dlpixel.cli import main
+from dlpixel.classifiers import store
+from dlpixel.classifiers.metadata import ClassifierMetadata, ClassInfo, Results
+from dlpixel.cli.main import main
 from dlpixel.config import NormalizationConfig, TrainingConfig
-from dlpixel.metadata import ClassifierMetadata, ClassInfo, Results
-from dlpixel.preprocessing import Preprocessing
-from dlpixel.report import ReportSample, diagnose, pick_sample_tiles, write_report
+from dlpixel.data.preprocessing import Preprocessing
+from dlpixel.report.page import ReportSample, diagnose, pick_sample_tiles, write_report
 from PIL import Image
 
 TINY = {"backbone": "efficientnet-lite0", "tile_size": 64, "tile_overlap": 0, "epochs": 3, "early_stop_patience": 0,

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from dlpixel import scripting
+from dlpixel.cli import main as cli_main
 from dlpixel.config import BACKBONES, InferenceConfig, TrainingConfig
 from dlpixel.errors import ConfigError
-from dlpixel.qupath_install import (
+from dlpixel.qupath import scripting
+from dlpixel.qupath.install import (
     HOME_MARKER,
     default_user_dir,
     groovy_source_dir,
@@ -175,10 +175,10 @@ def test_cli_builds_the_config_from_file_flags_and_model(tmp_path: Path, monkeyp
         calls.append((root, name))
         return {"backbone": "resnet18", "epochs": 3}
 
-    import dlpixel.store
+    import dlpixel.classifiers.store
 
-    monkeypatch.setattr(dlpixel.store, "load_settings", load_settings)
-    assert scripting.main(["script", "train", "--project", str(tmp_path / "project.qpproj"), "--name", "R1",
+    monkeypatch.setattr(dlpixel.classifiers.store, "load_settings", load_settings)
+    assert cli_main(["script", "train", "--project", str(tmp_path / "project.qpproj"), "--name", "R1",
                            "--from-model", "Old", "--config", str(cfg), "--set", "batch_size=2",
                            "--image", "a.tif", "--image", "b.tif", "--helper", "/x/DLPixel.groovy"]) == 0
     out = capsys.readouterr().out
@@ -186,12 +186,12 @@ def test_cli_builds_the_config_from_file_flags_and_model(tmp_path: Path, monkeyp
     for line in ["backbone: 'resnet18'", "epochs: 9,", "batch_size: 2,", "elastic: true",
                  "def images = ['a.tif', 'b.tif']", "'/x/DLPixel.groovy'"]:
         assert line in out
-    assert scripting.main(["script", "apply", "--classifier", "R1", "--output", "map", "--scope", "image",
+    assert cli_main(["script", "apply", "--classifier", "R1", "--output", "map", "--scope", "image",
                            "--set", "overlap=16"]) == 0
     out = capsys.readouterr().out
     assert "output: 'map'" in out and "scope: 'image'" in out and "overlap: 16," in out
     with pytest.raises(ConfigError, match="epochs"):
-        scripting.main(["script", "train", "--name", "R", "--set", "epochs=0"])
+        cli_main(["--debug", "script", "train", "--name", "R", "--set", "epochs=0"])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import tifffile
 import tifffile.zarr
-from dlpixel.errors import ConfigError, DataError
-from dlpixel.sources import ImageSource, LabelShape, Project, ProjectImage
-from dlpixel.sources.files import (
+from dlpixel.data import ImageSource, LabelShape, Project, ProjectImage
+from dlpixel.data.folder import (
     FileImageSource,
     FolderProject,
     open_folder_project,
@@ -22,6 +21,7 @@ from dlpixel.sources.files import (
     write_geojson,
     write_ome_tiff,
 )
+from dlpixel.errors import ConfigError, DataError
 from PIL import Image
 from shapely.geometry import LineString, MultiPoint, Polygon, box
 

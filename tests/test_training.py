@@ -7,16 +7,15 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import CLASSES
-from dlpixel import store
-from dlpixel.cli import main
+from dlpixel.classifiers import store
+from dlpixel.classifiers.metadata import ClassifierMetadata
+from dlpixel.cli.main import main
 from dlpixel.config import TrainingConfig
+from dlpixel.data.preprocessing import read_tile, stats_for
 from dlpixel.errors import Cancelled
-from dlpixel.metadata import ClassifierMetadata
-from dlpixel.preprocessing import read_tile, stats_for
 from dlpixel.projects import open_project
-from dlpixel.training.events import CancelToken
+from dlpixel.runtime.events import CancelToken
 from dlpixel.training.run import train_classifier
 
 FAST = {

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from dlpixel.config import AugmentConfig, Loss
 from dlpixel.training.augment import build_augmentation
 from dlpixel.training.losses import FocalLoss, build_loss, class_weights_from_counts

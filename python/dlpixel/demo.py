@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import TrainingConfig
-from .training.events import CancelToken
+from .runtime.events import CancelToken
 
 DEMO_IMAGE = "ihc.tif"
 DEMO_CLASSIFIER = "ihc_demo"

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from .config import BACKBONES, ENCODER_BLOCKS, InferenceConfig, TrainingConfig
-from .scripting import INFERENCE_SECTIONS, TRAINING_SECTIONS
+from .qupath.scripting import INFERENCE_SECTIONS, TRAINING_SECTIONS
 
 MEANING: dict[str, str] = {
     # training

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .data.base import Project
 from .errors import DataError
-from .sources.base import Project
 
 
 def is_qupath_project(path: Path) -> bool:
@@ -31,6 +31,6 @@ def open_project(path: str | Path, qupath_dir: str | None = None) -> Project:
         return open_qupath_project(p, qupath_dir=qupath_dir)
     if p.is_file():
         raise DataError(f"{p} is neither a QuPath project (project.qpproj) nor a folder of images")
-    from .sources.files import open_folder_project
+    from .data.folder import open_folder_project
 
     return open_folder_project(p)

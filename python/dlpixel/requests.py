@@ -9,10 +9,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from . import store
+from .classifiers import store
 from .config import InferenceConfig, TrainingConfig, build_config
 from .errors import ConfigError
-from .training.events import CancelToken, Listener
+from .runtime.events import CancelToken, Listener
 
 Handler = Callable[[dict[str, Any], dict[str, Any], list[Listener], CancelToken], dict[str, Any]]
 
@@ -132,7 +132,7 @@ def _load_settings(request: dict[str, Any], context: dict[str, Any], *_: Any) ->
 
 
 def _script(request: dict[str, Any], context: dict[str, Any], *_: Any) -> dict:
-    from . import scripting
+    from .qupath import scripting
 
     kind = request.get("kind", "train")
     project = request.get("project", "")

@@ -24,9 +24,8 @@ from typing import get_args
 import numpy as np
 import shapely
 
-from ..geometry import polygon_mask
-from ..sources.base import LabelShape
-from ..sources.geojson import ObjectType
+from ..data.base import LabelShape, ObjectType
+from ..data.geometry import polygon_mask
 from .outputs_map import ClassMapWriter, write_preview_png
 
 __all__ = [

@@ -22,8 +22,8 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from ..sources._io import atomic_path
-from ..sources.images import pyramid_factors
+from ..data._io import atomic_path
+from ..data.images import pyramid_factors
 
 MapKind = Literal["classes", "probabilities"]
 PREVIEW_MAX_SIZE = 2048

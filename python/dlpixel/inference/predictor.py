@@ -17,13 +17,13 @@ from typing import Protocol
 
 import numpy as np
 
+from ..classifiers.metadata import ClassifierMetadata
 from ..config import default_overlap
+from ..data.base import ImageSource
+from ..data.preprocessing import ChannelStats, read_tile
 from ..errors import ConfigError
-from ..metadata import ClassifierMetadata
-from ..preprocessing import ChannelStats, read_tile
-from ..sources.base import ImageSource
-from ..training.events import CancelToken, Emitter
-from .tiling import Grid, blend_window
+from ..runtime.events import CancelToken, Emitter
+from ..runtime.tiling import Grid, blend_window
 
 
 class Backend(Protocol):
@@ -70,7 +70,7 @@ class TorchBackend:
     def __init__(self, model: object, device: str = "auto", mixed_precision: bool = True):
         import torch
 
-        from ..training.trainer import autocast_dtype, resolve_device
+        from ..runtime.device import autocast_dtype, resolve_device
 
         self.torch = torch
         self.dev = resolve_device(device)
@@ -132,13 +132,13 @@ class OnnxBackend:
 def load_backend(folder: Path, meta: ClassifierMetadata, backend: str = "auto", device: str = "auto") -> Backend:
     """The classifier's model on the requested backend; ``auto`` is PyTorch on a GPU, else ONNX Runtime when the
     classifier has an ONNX file (faster on CPUs), else PyTorch."""
-    from .. import store
+    from ..classifiers import store
 
     onnx_path = folder / store.ONNX
     if meta.architecture == "custom_onnx":
         backend = "onnx"
     if backend == "auto":
-        from ..training.trainer import resolve_device
+        from ..runtime.device import resolve_device
 
         on_cpu = resolve_device(device).type == "cpu"
         backend = "onnx" if on_cpu and onnx_path.exists() else "torch"

@@ -12,14 +12,13 @@ import numpy as np
 import shapely
 from shapely.strtree import STRtree
 
-from .. import store
+from ..classifiers import store
+from ..classifiers.metadata import ClassifierMetadata
 from ..config import InferenceConfig
+from ..data.base import ImageSource, LabelShape, Project, ProjectImage, select_images
+from ..data.preprocessing import Preprocessing, resolve_channels, stats_for
 from ..errors import ConfigError, DataError
-from ..metadata import ClassifierMetadata
-from ..preprocessing import Preprocessing, resolve_channels, stats_for
-from ..sources.base import ImageSource, LabelShape, Project, ProjectImage
-from ..training.events import CancelToken, Emitter, Listener
-from ..training.run import select_images
+from ..runtime.events import CancelToken, Emitter, Listener
 from .predictor import Predictor, load_backend
 
 PIXEL_SIZE_TOLERANCE = 0.25
@@ -89,7 +88,7 @@ def scope_shapes(image: ProjectImage, cfg: InferenceConfig, context: dict[str, A
 
 def map_stem(name: str) -> str:
     """The file-name stem of an image's map files: its name without the image extension, safe on any file system."""
-    from ..sources.files import image_stem
+    from ..data.folder import image_stem
 
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", image_stem(name)) or "image"
 

@@ -35,6 +35,7 @@ from segmentation_models_pytorch.encoders.efficientnet import EfficientNetEncode
 from segmentation_models_pytorch.encoders.mobilenet import MobileNetV2Encoder
 from segmentation_models_pytorch.encoders.resnet import ResNetEncoder
 from segmentation_models_pytorch.encoders.timm_efficientnet import EfficientNetBaseEncoder
+from timm.models import adapt_input_conv
 from torch import nn
 
 from ..config import BACKBONES, ENCODER_BLOCKS, Freeze
@@ -98,22 +99,6 @@ def _match_efficientnet_lite(encoder: nn.Module) -> None:
             module.eps = 1e-3
 
 
-def adapt_conv_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """An RGB kernel (out, 3, kh, kw) for ``in_channels`` inputs, the way timm adapts pretrained stems.
-
-    One channel: the sum over RGB (a grey image gives the response of its RGB equivalent). Otherwise the RGB
-    kernel repeated cyclically (R, G, B, R, ...) and scaled by 3 / in_channels, which keeps the expected
-    activation of inputs with the same statistics as the RGB ones.
-    """
-    rgb = weight.shape[1]
-    if in_channels == rgb:
-        return weight.clone()
-    if in_channels == 1:
-        return weight.sum(dim=1, keepdim=True)
-    index = torch.arange(in_channels) % rgb
-    return weight[:, index] * (rgb / in_channels)
-
-
 def first_conv(encoder: nn.Module) -> nn.Conv2d:
     """The encoder's input convolution."""
     for module in encoder.modules():
@@ -127,7 +112,8 @@ def adapt_first_conv(encoder: nn.Module, in_channels: int) -> None:
     conv = first_conv(encoder)
     if conv.in_channels == in_channels:
         return
-    conv.weight = nn.Parameter(adapt_conv_weight(conv.weight.detach(), in_channels))
+    # timm's rule: one channel sums the RGB kernel; N channels repeat R, G, B, R, ... scaled by 3 / N.
+    conv.weight = nn.Parameter(adapt_input_conv(in_channels, conv.weight.detach().clone()))
     conv.in_channels = in_channels
     if hasattr(encoder, "_in_channels"):
         encoder._in_channels = in_channels

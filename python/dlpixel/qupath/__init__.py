@@ -21,7 +21,6 @@ _LAZY = {
     "register_bridge": "bridge",
     "launch_gui": "bridge",
     "bench_bridge": "bench",
-    "register_cli": "cli",
 }
 
 __all__ = ["QuPathCompat", "QuPathError", "QuPathNotFound", "find_qupath", "start_jvm", *_LAZY]

@@ -248,3 +248,15 @@ def start_jvm(qupath_dir: str | Path | None = None, *, headless: bool = True) ->
 def runtime() -> QuPathRuntime:
     """The running QuPath, starting it from ``QUPATH_HOME`` or the usual places if needed."""
     return _runtime if _runtime is not None else start_jvm()
+
+
+def java_error(e: BaseException) -> str:
+    """A Java exception's message on one line (its class name when it has none)."""
+    import jpype
+
+    msg = None
+    if isinstance(e, jpype.JException):
+        msg = e.getMessage()
+        msg = str(msg) if msg is not None else str(e.getClass().getSimpleName())
+    text = msg or str(e) or type(e).__name__
+    return " ".join(text.split())

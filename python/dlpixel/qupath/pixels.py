@@ -8,8 +8,8 @@ from typing import Any
 import jpype
 import numpy as np
 
+from ..data.base import region_shape
 from ..errors import DataError
-from ..sources.base import region_shape
 
 _PIXEL_DTYPES = {
     "UINT8": np.dtype(np.uint8),
@@ -143,7 +143,6 @@ class QuPathImageSource:
             if bool(cal.hasPixelSizeMicrons()) else None
         )
         self.downsamples = tuple(float(server.getDownsampleForResolution(i)) for i in range(int(server.nResolutions())))
-        self.is_rgb = bool(server.isRGB())
         self._request = jpype.JClass("qupath.lib.regions.RegionRequest")
 
     @property

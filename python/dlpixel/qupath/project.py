@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any, Iterable
 import jpype
 import shapely
 
+from ..data.base import LabelShape
 from ..errors import DataError
-from ..sources.base import LabelShape
-from .jvm import QuPathError, parse_version, runtime, start_jvm
+from .jvm import QuPathError, java_error, parse_version, runtime, start_jvm
 from .pixels import QuPathImageSource
 
 if TYPE_CHECKING:
-    from .writeback import ObjectType
+    from ..data.base import ObjectType
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +37,6 @@ def _rgb(packed: Any) -> tuple[int, int, int] | None:
         return None
     c = int(packed)
     return (c >> 16) & 255, (c >> 8) & 255, c & 255
-
-
-def java_error(e: BaseException) -> str:
-    """A Java exception's message on one line (its class name when it has none)."""
-    msg = None
-    if isinstance(e, jpype.JException):
-        msg = e.getMessage()
-        msg = str(msg) if msg is not None else str(e.getClass().getSimpleName())
-    text = msg or str(e) or type(e).__name__
-    return " ".join(text.split())
 
 
 def resolve_project_file(path: str | Path) -> Path:

@@ -15,22 +15,20 @@ import logging
 import shutil
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import jpype
 import shapely
 
+from ..data.base import LabelShape, ObjectType
 from ..errors import ConfigError, DataError
-from ..sources.base import LabelShape
-from .jvm import runtime
-from .project import java_error
+from .jvm import java_error, runtime
 
 if TYPE_CHECKING:
     from .project import QuPathImage
 
 log = logging.getLogger(__name__)
 
-ObjectType = Literal["detection", "annotation"]
 OBJECT_TYPES = ("detection", "annotation")
 
 

@@ -19,7 +19,7 @@ import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 
 from ..config import AugmentConfig  # noqa: E402
-from ..patches import UNLABELLED
+from ..data.patches import UNLABELLED
 
 ELASTIC_SIGMA_FRACTION = 1 / 20
 """Smoothness of the elastic field, as a fraction of the tile side (about 26 px for a 512-px tile)."""

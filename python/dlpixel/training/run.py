@@ -10,24 +10,25 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .. import store
+from ..classifiers import store
+from ..classifiers.metadata import (
+    PALETTE,
+    ClassifierMetadata,
+    ClassInfo,
+    Results,
+    WeightProvenanceInfo,
+    software_versions,
+)
 from ..config import TrainingConfig
+from ..data.base import ImageSource, LabelShape, Project, ProjectImage, select_images
+from ..data.patches import DEFAULT_STROKE_PX, check_tile_fits, extract_patches, label_counts, split_tiles
+from ..data.preprocessing import Preprocessing, dataset_stats, image_stats, resolve_channels, sample_pixels
 from ..errors import ConfigError, DataError
-from ..metadata import ClassifierMetadata, ClassInfo, Results, WeightProvenanceInfo, software_versions
-from ..patches import DEFAULT_STROKE_PX, check_tile_fits, extract_patches, label_counts, split_tiles
-from ..preprocessing import Preprocessing, dataset_stats, image_stats, resolve_channels, sample_pixels
-from ..sources.base import ImageSource, LabelShape, Project, ProjectImage
-from .events import CancelToken, Emitter, Listener
+from ..runtime.events import CancelToken, Emitter, Listener
 
 if TYPE_CHECKING:
-    from ..patches import PatchCache
+    from ..data.patches import PatchCache
     from .trainer import FitResult
-
-PALETTE = [
-    (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
-    (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40), (128, 0, 0),
-]
-
 
 @dataclass
 class TrainingData:
@@ -38,18 +39,6 @@ class TrainingData:
     shapes: list[list[LabelShape]]
     classes: list[str]
     colors: dict[str, tuple[int, int, int]]
-
-
-def select_images(project: Project, names: Sequence[str] | None) -> list[ProjectImage]:
-    """The named images (all of them must exist), or every image when none is named."""
-    images = project.images()
-    if not names:
-        return images
-    by_name = {im.name: im for im in images}
-    missing = [n for n in names if n not in by_name]
-    if missing:
-        raise DataError(f"image(s) {missing} are not in the project {project.root}; it has: {sorted(by_name)}")
-    return [by_name[n] for n in names]
 
 
 def gather_training_data(
@@ -115,7 +104,7 @@ def _write_report(folder: Path, meta: ClassifierMetadata, result: FitResult, cac
                   val: Sequence[int], names: Sequence[str], emit: Emitter) -> None:
     """``report.html`` with the best model's predictions on a few validation tiles; a failure only warns, since
     the classifier itself is complete."""
-    from ..report import pick_sample_tiles, predict_samples, write_report
+    from ..report.page import pick_sample_tiles, predict_samples, write_report
 
     try:
         tiles = pick_sample_tiles(cache.masks, val, len(meta.classes))

@@ -7,7 +7,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,33 +16,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import TrainingConfig
+from ..data.patches import UNLABELLED, PatchCache
 from ..errors import Cancelled, TrainingError
-from ..patches import UNLABELLED, PatchCache
-from .events import CancelToken, Emitter
+from ..runtime.device import autocast_dtype, resolve_device
+from ..runtime.events import CancelToken, Emitter
 
 Augment = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA, then Apple's MPS, then the CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("device 'cuda' was asked for but no CUDA GPU is available; use device=auto or cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise TrainingError("device 'mps' was asked for but Apple's MPS is not available; use device=auto or cpu")
-    return torch.device(name)
-
-
-def autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bf16 where the GPU supports it, else fp16; None (full precision) off CUDA or when disabled."""
-    if not enabled or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def seed_everything(seed: int) -> None:
@@ -124,7 +103,6 @@ class FitResult:
     device: str
     precision: str
     seconds: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _nan_to_none(values: np.ndarray) -> list[float | None]:

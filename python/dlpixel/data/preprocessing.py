@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from .config import NormalizationConfig, NormStrategy
-from .errors import ConfigError
-from .sources.base import ImageSource
+from ..config import NormalizationConfig, NormStrategy
+from ..errors import ConfigError
+from .base import ImageSource
 
 STATS_MAX_SIDE = 1024
 """Image-level statistics are computed from a read whose longer side is at most this many pixels."""

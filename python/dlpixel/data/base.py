@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
@@ -9,7 +10,11 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 import shapely
 
+from ..errors import DataError
+
 ShapeKind = Literal["area", "line", "point"]
+# What results are written as, in QuPath and in GeoJSON.
+ObjectType = Literal["annotation", "detection"]
 
 
 @runtime_checkable
@@ -99,3 +104,14 @@ class Project(Protocol):
 
     def close(self) -> None: ...
 
+
+def select_images(project: Project, names: Sequence[str] | None) -> list[ProjectImage]:
+    """The named images (all of them must exist), or every image when none is named."""
+    images = project.images()
+    if not names:
+        return images
+    by_name = {im.name: im for im in images}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise DataError(f"image(s) {missing} are not in the project {project.root}; it has: {sorted(by_name)}")
+    return [by_name[n] for n in names]

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 from typing import Any
+
+from ..qupath.install import install_qupath_scripts
 
 
 def _images(args: argparse.Namespace) -> int:
-    from .project import list_images
+    from ..qupath.project import list_images
 
     for name in list_images(args.project, qupath_dir=args.qupath):
         print(name)
@@ -16,14 +20,14 @@ def _images(args: argparse.Namespace) -> int:
 
 
 def _launch(args: argparse.Namespace) -> int:
-    from .bridge import launch_gui
+    from ..qupath.bridge import launch_gui
 
     launch_gui(args.qupath, list(args.qupath_args or []))
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import bench_bridge
+    from ..qupath.bench import bench_bridge
 
     results = bench_bridge(args.project, image=args.image, tile_size=args.tile_size, downsample=args.downsample,
                            seconds=args.seconds, qupath_dir=args.qupath)
@@ -69,3 +73,19 @@ def register_bench_cli(bench_subparsers: Any) -> None:
     p.add_argument("--json", action="store_true")
     add_qupath_argument(p)
     p.set_defaults(func=_bench)
+
+
+def _install(args: argparse.Namespace) -> int:
+    result = install_qupath_scripts(args.user_dir, args.python or sys.executable, print_only=args.print_only)
+    print(result.describe())
+    return 0
+
+
+def register_install_cli(qsub: Any) -> None:
+    """Add ``install`` under ``dlpixel qupath``."""
+    install = qsub.add_parser("install", help="copy the script helper and the menu into your QuPath user folder")
+    install.add_argument("--user-dir", type=Path, metavar="DIR",
+                         help="QuPath's user folder (default: the newest ~/QuPath/vX.Y, else ~/QuPath)")
+    install.add_argument("--python", metavar="PATH", help="Python executable QuPath runs (default: this one)")
+    install.add_argument("--print-only", action="store_true", help="print where the files go; write nothing")
+    install.set_defaults(func=_install)

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import TrainingConfig
-from .metadata import ClassifierMetadata
+from ..classifiers.metadata import ClassifierMetadata
+from ..config import TrainingConfig
 
 MIN_EPOCHS = 4
 """Fewer epochs than this say nothing about the shape of the curves."""

@@ -6,12 +6,11 @@ import argparse
 from typing import Any
 
 from ..config import InferenceConfig, build_config
+from .common import add_progress_flags, add_project_flags, cancel_on_sigint, listener_for, settings_layers
 
 
 def inference_settings(args: argparse.Namespace) -> InferenceConfig:
     """Settings from ``--config``, then ``--set``, then the dedicated flags (later wins)."""
-    from ..cli import settings_layers
-
     layers = settings_layers(args)
     flags = {
         "output": args.output, "scope": args.scope, "tile_size": args.tile_size, "overlap": args.overlap,
@@ -24,16 +23,15 @@ def inference_settings(args: argparse.Namespace) -> InferenceConfig:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from ..cli import _cancel_on_sigint, _listener
+    from ..inference.run import apply_classifier
     from ..projects import open_project
-    from .run import apply_classifier
 
     cfg = inference_settings(args)
-    listener = _listener(args)
+    listener = listener_for(args)
     project = open_project(args.project, qupath_dir=args.qupath)
     try:
         written = apply_classifier(project, args.classifier, cfg, args.image or None, listeners=[listener],
-                                   cancel=_cancel_on_sigint())
+                                   cancel=cancel_on_sigint())
     finally:
         getattr(listener, "close", lambda: None)()
         project.close()
@@ -48,11 +46,10 @@ def _doc(key: str) -> str:
 
 
 def register_cli(sub: Any) -> None:
-    from ..cli import _add_progress_flags, _add_project
 
     fields = InferenceConfig.model_fields
     p = sub.add_parser("apply", help="apply a classifier to a project's images")
-    _add_project(p)
+    add_project_flags(p)
     p.add_argument("--classifier", required=True, help="name of the classifier in the project")
     p.add_argument("--image", action="append", help="image to process (repeat; default: every image)")
     p.add_argument("--output", choices=["measurements", "objects", "map", "probabilities"],
@@ -70,5 +67,5 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--simplify", type=float, help="polygon simplification tolerance in pixels")
     p.add_argument("--config", help="JSON file of inference settings")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="one inference setting (repeat)")
-    _add_progress_flags(p)
+    add_progress_flags(p)
     p.set_defaults(func=cmd_apply)

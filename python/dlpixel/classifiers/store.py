@@ -7,15 +7,15 @@ import shutil
 import tempfile
 import uuid
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .config import validate_name
-from .errors import ClassifierError
+from ..config import validate_name
+from ..errors import ClassifierError
 from .metadata import ClassifierMetadata
 
 METADATA = "metadata.json"
@@ -177,3 +177,17 @@ def import_classifier(project_root: Path, zip_path: Path, name: str | None = Non
 def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
+
+def layered_settings(root: Path | None, from_model: str | None, config_file: str | Path | None,
+                     overrides: Sequence[str]) -> list[dict[str, Any]]:
+    """Setting layers, later ones winning: the training settings of the classifier ``from_model`` in the project at
+    ``root``, then a JSON ``config_file``, then ``key=value`` ``overrides``."""
+    from ..config import load_config_file, parse_overrides
+
+    layers: list[dict[str, Any]] = []
+    if from_model:
+        layers.append(load_settings(root, from_model))
+    if config_file:
+        layers.append(load_config_file(config_file))
+    layers.append(parse_overrides(list(overrides)))
+    return layers

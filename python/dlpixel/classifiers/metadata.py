@@ -10,11 +10,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .config import TrainingConfig
-from .errors import ClassifierError
-from .preprocessing import Preprocessing
+from ..config import TrainingConfig
+from ..data.preprocessing import Preprocessing
+from ..errors import ClassifierError
 
 SCHEMA_VERSION = 1
+
+
+# Colours for classes that come without one (ONNX imports, folder projects without colours).
+PALETTE = [
+    (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+    (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40), (128, 0, 0),
+]
 
 
 class ClassInfo(BaseModel):

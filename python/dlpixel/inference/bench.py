@@ -1,4 +1,4 @@
-"""``dlpixel bench``: throughput as ratios against the model-only ceiling, on the same device, batch and precision.
+"""Inference throughput as ratios against the model-only ceiling, on the same device, batch and precision.
 
 ``bench inference`` runs the whole ``apply`` path (tile reads by background threads, preprocessing, batching, the
 model, blending, the class-map sink) over an image and compares its tiles per second with the model alone on ready
@@ -7,8 +7,6 @@ tensors: ``pipeline_efficiency`` = end-to-end ÷ model-only. 1.0 means the pipel
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -16,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import NormalizationConfig
+from ..config import NormalizationConfig
 
 
 def _bench_classifier(folder: Path, backbone: str, tile_size: int, downsample: float = 1.0) -> Any:
@@ -24,11 +22,11 @@ def _bench_classifier(folder: Path, backbone: str, tile_size: int, downsample: f
     ``downsample``."""
     import torch
 
-    from . import store
-    from .metadata import ClassifierMetadata, ClassInfo
-    from .models.factory import create_model
-    from .models.onnx import export_onnx
-    from .preprocessing import Preprocessing
+    from ..classifiers import store
+    from ..classifiers.metadata import ClassifierMetadata, ClassInfo
+    from ..data.preprocessing import Preprocessing
+    from ..models.factory import create_model
+    from ..models.onnx import export_onnx
 
     torch.manual_seed(0)
     model, _ = create_model(backbone, 3, 3, pretrained=False)
@@ -49,7 +47,7 @@ def _bench_classifier(folder: Path, backbone: str, tile_size: int, downsample: f
 
 def _bench_image(path: Path, size: int) -> Path:
     """A textured RGB pyramidal OME-TIFF of ``size`` × ``size`` pixels."""
-    from .sources.images import write_ome_tiff
+    from ..data.images import write_ome_tiff
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:size, :size]
@@ -67,10 +65,10 @@ def bench_inference(
     repeats: int = 3,
 ) -> dict[str, Any]:
     """Tiles per second of ``apply`` end to end and of the model alone, and their ratio."""
-    from .inference.outputs_map import ClassMapWriter
-    from .inference.predictor import Predictor, load_backend
-    from .preprocessing import stats_for
-    from .sources.images import FileImageSource
+    from ..data.images import FileImageSource
+    from ..data.preprocessing import stats_for
+    from ..inference.outputs_map import ClassMapWriter
+    from ..inference.predictor import Predictor, load_backend
 
     with tempfile.TemporaryDirectory(prefix="dlpixel-bench-") as tmp:
         root = Path(tmp)
@@ -112,32 +110,3 @@ def bench_inference(
         "model_only_tiles_per_second": round(model_tps, 2),
         "pipeline_efficiency": round(best / model_tps, 3),
     }
-
-
-def _cmd_inference(args: argparse.Namespace) -> int:
-    result = bench_inference(args.size, args.tile_size, args.batch_size, args.backbone, args.backend, args.device,
-                             args.repeats)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:30s} {value}")
-    return 0
-
-
-def register_cli(sub: Any) -> None:
-    p = sub.add_parser("bench", help="throughput benchmarks that print ratios")
-    bench_sub = p.add_subparsers(dest="bench", required=True)
-    q = bench_sub.add_parser("inference", help="apply end to end vs the model alone (pipeline_efficiency)")
-    q.add_argument("--size", type=int, default=2048, help="side of the synthetic test image in pixels")
-    q.add_argument("--tile-size", type=int, default=256)
-    q.add_argument("--batch-size", type=int, default=8)
-    q.add_argument("--backbone", default="efficientnet-lite0")
-    q.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto")
-    q.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
-    q.add_argument("--repeats", type=int, default=3, help="alternating runs of each measurement; the best counts")
-    q.add_argument("--json", action="store_true", help="one JSON object")
-    q.set_defaults(func=_cmd_inference)
-    from .qupath.cli import register_bench_cli
-
-    register_bench_cli(bench_sub)

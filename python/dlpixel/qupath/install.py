@@ -7,40 +7,23 @@ scripts (``dlpixel.json``), so QuPath finds dlpixel without the user's environme
 
 from __future__ import annotations
 
-import argparse
 import json
-import re
 import shutil
-import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .config import InferenceConfig, TrainingConfig
-from .errors import DataError
+from .._version import __version__
+from ..config import InferenceConfig, TrainingConfig
+from ..errors import DataError
+from .scripting import HELPER_FILE, INSTALL_FOLDER, default_user_dir, field_choices
 
-INSTALL_FOLDER = "dlpixel"
-HELPER_FILE = "DLPixel.groovy"
 MENU_FILE = "DLPixelMenu.groovy"
 SETTINGS_FILE = "dlpixel.json"
 HOME_MARKER = "@DLPIXEL_HOME@"
 """Stands in the shipped menu script for the folder it is installed into; the installer writes the real path."""
 
-_VERSION_DIR = re.compile(r"^v(\d+)\.(\d+)$")
-
-
-def default_user_dir(home: Path | None = None) -> Path:
-    """QuPath's user folder: the newest ``~/QuPath/vX.Y`` that exists (QuPath 0.4+ names it so), else ``~/QuPath``."""
-    base = (home or Path.home()) / "QuPath"
-    versions = []
-    if base.is_dir():
-        for child in base.iterdir():
-            match = _VERSION_DIR.match(child.name)
-            if match and child.is_dir():
-                versions.append(((int(match.group(1)), int(match.group(2))), child))
-    return max(versions)[1] if versions else base
 
 
 def groovy_source_dir() -> Path:
@@ -48,7 +31,7 @@ def groovy_source_dir() -> Path:
     packaged = resources.files("dlpixel") / "groovy"
     if packaged.is_dir() and (packaged / HELPER_FILE).is_file():
         return Path(str(packaged))
-    repo = Path(__file__).resolve().parents[2] / "groovy"
+    repo = Path(__file__).resolve().parents[3] / "groovy"
     if (repo / HELPER_FILE).is_file():
         return repo
     raise DataError(f"dlpixel's Groovy files are missing (looked in {packaged} and {repo}); reinstall dlpixel")
@@ -95,7 +78,6 @@ class InstallResult:
 
 
 def _settings(python: str, helper: Path) -> dict[str, Any]:
-    from .scripting import field_choices  # scripting imports this module
 
     return {
         "python": python,
@@ -143,19 +125,3 @@ def install_qupath_scripts(qupath_user_dir: Path | None, python: str, print_only
     except OSError as err:
         raise DataError(f"cannot write dlpixel's QuPath scripts into {folder}: {err}; try --user-dir") from None
     return result
-
-
-def _run(args: argparse.Namespace) -> int:
-    result = install_qupath_scripts(args.user_dir, args.python or sys.executable, print_only=args.print_only)
-    print(result.describe())
-    return 0
-
-
-def register_qupath_cli(qsub: Any) -> None:
-    """Add ``install`` under ``dlpixel qupath``."""
-    install = qsub.add_parser("install", help="copy the script helper and the menu into your QuPath user folder")
-    install.add_argument("--user-dir", type=Path, metavar="DIR",
-                         help="QuPath's user folder (default: the newest ~/QuPath/vX.Y, else ~/QuPath)")
-    install.add_argument("--python", metavar="PATH", help="Python executable QuPath runs (default: this one)")
-    install.add_argument("--print-only", action="store_true", help="print where the files go; write nothing")
-    install.set_defaults(func=_run)

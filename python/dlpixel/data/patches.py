@@ -17,11 +17,11 @@ import numpy as np
 import shapely
 from shapely.strtree import STRtree
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
+from ..runtime.tiling import axis_positions
+from .base import ImageSource, LabelShape
 from .geometry import polygon_mask
-from .inference.tiling import axis_positions
 from .preprocessing import ChannelStats, Preprocessing, read_tile, tile_footprint
-from .sources.base import ImageSource, LabelShape
 
 UNLABELLED = 255
 DEFAULT_STROKE_PX = 5.0

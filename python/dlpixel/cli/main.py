@@ -5,65 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-from . import __version__, store
-from .config import TrainingConfig, build_config, load_config_file, parse_overrides
-from .errors import Cancelled, ConfigError, DlpixelError
-from .training.events import CancelToken
-
-
-def _listener(args: argparse.Namespace) -> Any:
-    from .progress import make_listener
-
-    mode = "jsonl" if getattr(args, "events", None) == "jsonl" else ("quiet" if getattr(args, "quiet", False)
-                                                                     else "bars")
-    return make_listener(mode)
-
-
-def _cancel_on_sigint() -> CancelToken:
-    """The first Ctrl-C asks the run to stop cleanly; a second one stops at once."""
-    token = CancelToken()
-
-    def handler(signum: int, frame: Any) -> None:
-        if token.cancelled:
-            raise KeyboardInterrupt
-        token.cancel()
-        print("\nstopping… (Ctrl-C again to stop at once)", file=sys.stderr)
-
-    signal.signal(signal.SIGINT, handler)
-    return token
-
-
-def _add_progress_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quiet", action="store_true", help="print warnings and the result only")
-    p.add_argument("--events", choices=["bars", "jsonl"], default="bars",
-                   help="progress as bars (default) or one JSON object per line on stdout")
-
-
-def _add_project(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--project", required=required,
-                   help="QuPath project (project.qpproj or its folder) or a folder of images with GeoJSON")
-    p.add_argument("--qupath", help="QuPath installation or folder of jars (default: $QUPATH_HOME, then a search)")
-
-
-def settings_layers(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Settings from ``--from-model`` (a classifier's training settings), then ``--config``, then ``--set``; later
-    layers win. Shared by ``train``, ``apply`` and ``script``."""
-    from .projects import project_root
-
-    layers: list[dict[str, Any]] = []
-    if getattr(args, "from_model", None):
-        if not getattr(args, "project", None):
-            raise ConfigError("--from-model needs --project: the classifier is read from the project's classifiers")
-        layers.append(store.load_settings(project_root(args.project), args.from_model))
-    if getattr(args, "config", None):
-        layers.append(load_config_file(args.config))
-    layers.append(parse_overrides(getattr(args, "set", None) or []))
-    return layers
+from .._version import __version__
+from ..classifiers import store
+from ..config import TrainingConfig, build_config, parse_overrides
+from ..errors import Cancelled, ConfigError, DlpixelError
+from .common import add_progress_flags, add_project_flags, cancel_on_sigint, listener_for, settings_layers
 
 
 def training_settings(args: argparse.Namespace) -> tuple[TrainingConfig, str | None]:
@@ -73,8 +23,8 @@ def training_settings(args: argparse.Namespace) -> tuple[TrainingConfig, str | N
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .projects import open_project
-    from .training.run import train_classifier
+    from ..projects import open_project
+    from ..training.run import train_classifier
 
     if args.help_settings:
         print(settings_help())
@@ -85,8 +35,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     name = args.name or default_name
     if not name:
         raise ConfigError("--name is required (letters, digits, '_' and '-')")
-    listener = _listener(args)
-    cancel = _cancel_on_sigint()
+    listener = listener_for(args)
+    cancel = cancel_on_sigint()
     project = open_project(args.project, qupath_dir=args.qupath)
     try:
         entry = train_classifier(project, name, cfg, args.image or None, overwrite=args.overwrite,
@@ -129,7 +79,7 @@ def settings_help() -> str:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .projects import project_root
+    from ..projects import project_root
 
     root = project_root(args.project)
     if args.action == "list":
@@ -145,7 +95,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     if not args.name and args.action != "import":
         raise ConfigError(f"`dlpixel models {args.action}` needs a classifier NAME")
     if args.action == "show":
-        from .report import summary_text
+        from ..report.page import summary_text
 
         entry = store.load_classifier(root, args.name)
         if args.json:
@@ -178,8 +128,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _import_onnx(args: argparse.Namespace, root: Path) -> int:
-    from .config import NormalizationConfig
-    from .inference.onnx_import import import_onnx
+    from ..classifiers.onnx_import import import_onnx
+    from ..config import NormalizationConfig
 
     missing = [flag for flag, value in (("--file", args.file), ("--classes", args.classes),
                                         ("--channels", args.channels), ("--tile-size", args.tile_size)) if not value]
@@ -196,7 +146,7 @@ def _import_onnx(args: argparse.Namespace, root: Path) -> int:
 
 def cmd_request(args: argparse.Namespace) -> int:
     """Run one JSON request (from a file or stdin); with ``--events jsonl`` the reply is the last line."""
-    from .requests import handle_request
+    from ..requests import handle_request
 
     try:
         text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
@@ -206,8 +156,8 @@ def cmd_request(args: argparse.Namespace) -> int:
         request = json.loads(text)
     except json.JSONDecodeError as err:
         raise ConfigError(f"the request is not valid JSON: {err}") from None
-    listener = _listener(args)
-    cancel = _cancel_on_sigint()
+    listener = listener_for(args)
+    cancel = cancel_on_sigint()
     try:
         result = handle_request(request, {}, [listener], cancel)
     except DlpixelError as err:
@@ -220,9 +170,9 @@ def cmd_request(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
-    return run_demo(Path(args.out), epochs=args.epochs, listener=_listener(args), cancel=_cancel_on_sigint())
+    return run_demo(Path(args.out), epochs=args.epochs, listener=listener_for(args), cancel=cancel_on_sigint())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,11 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train (and apply) a classifier on a bundled sample image; no QuPath needed")
     p.add_argument("--out", default="dlpixel-demo", help="folder for the demo project and its results")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's own)")
-    _add_progress_flags(p)
+    add_progress_flags(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train a pixel classifier on a project's annotations")
-    _add_project(p, required=False)
+    add_project_flags(p, required=False)
     p.add_argument("--name", help="classifier name (letters, digits, '_' and '-')")
     p.add_argument("--image", action="append", help="image to train on (repeat; default: every annotated image)")
     p.add_argument("--config", help="JSON file of settings")
@@ -247,13 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-model", help="start from every setting of this classifier")
     p.add_argument("--overwrite", action="store_true", help="replace an existing classifier of the same name")
     p.add_argument("--help-settings", action="store_true", help="list every setting with its default")
-    _add_progress_flags(p)
+    add_progress_flags(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("models", help="list, show, delete, export or import classifiers")
     p.add_argument("action", choices=["list", "show", "delete", "export", "import", "import-onnx"])
     p.add_argument("name", nargs="?")
-    _add_project(p)
+    add_project_flags(p)
     p.add_argument("--file", help="zip file for export/import; ONNX file for import-onnx")
     p.add_argument("--overwrite", action="store_true", help="import over an existing classifier")
     g = p.add_argument_group("import-onnx (an external NCHW segmentation model)")
@@ -271,18 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("request", help="run one JSON request (used by QuPath's Groovy helper)")
     p.add_argument("file", nargs="?", default="-", help="request file, or - for stdin")
-    _add_progress_flags(p)
+    add_progress_flags(p)
     p.set_defaults(func=cmd_request)
 
-    from . import bench, qupath_install, scripting
-    from .inference import cli as inference_cli
-    from .qupath import cli as qupath_cli
+    from . import apply as inference_cli
+    from . import bench, script
+    from . import qupath as qupath_cli
 
-    for module in (inference_cli, scripting, qupath_cli, bench):
+    for module in (inference_cli, script, qupath_cli, bench):
         module.register_cli(sub)
     p = sub.add_parser("qupath", help="QuPath: install the scripts and menu, launch QuPath with the bridge")
     qsub = p.add_subparsers(dest="qupath_command", required=True)
-    qupath_install.register_qupath_cli(qsub)
+    qupath_cli.register_install_cli(qsub)
     qupath_cli.register_qupath_cli(qsub)
     return parser
 

@@ -7,11 +7,9 @@ without touching this module; the grouping below only decides where it is shown.
 
 from __future__ import annotations
 
-import argparse
 import enum
 import math
 import re
-import sys
 import typing
 from datetime import datetime
 from pathlib import Path
@@ -19,16 +17,9 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel
 
-from . import __version__
-from .config import (
-    BACKBONES,
-    InferenceConfig,
-    TrainingConfig,
-    build_config,
-    validate_name,
-)
-from .errors import ConfigError
-from .qupath_install import HELPER_FILE, INSTALL_FOLDER, default_user_dir
+from .._version import __version__
+from ..config import BACKBONES, InferenceConfig, TrainingConfig, validate_name
+from ..errors import ConfigError
 
 TRAINING_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Classifier info", ("description",)),
@@ -69,6 +60,23 @@ _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
 
 # ---------------------------------------------------------------------------------------------------------------
 # Groovy literals
+
+
+INSTALL_FOLDER = "dlpixel"
+HELPER_FILE = "DLPixel.groovy"
+_VERSION_DIR = re.compile(r"^v(\d+)\.(\d+)$")
+
+
+def default_user_dir(home: Path | None = None) -> Path:
+    """QuPath's user folder: the newest ``~/QuPath/vX.Y`` that exists (QuPath 0.4+ names it so), else ``~/QuPath``."""
+    base = (home or Path.home()) / "QuPath"
+    versions = []
+    if base.is_dir():
+        for child in base.iterdir():
+            match = _VERSION_DIR.match(child.name)
+            if match and child.is_dir():
+                versions.append(((int(match.group(1)), int(match.group(2))), child))
+    return max(versions)[1] if versions else base
 
 
 def groovy_string(text: str) -> str:
@@ -308,67 +316,6 @@ def apply_script(
     ])
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Command line
-
-
-def script_from_args(args: argparse.Namespace) -> str:
-    """The script that ``dlpixel script train|apply`` prints for parsed arguments."""
-    from .cli import settings_layers
-
-    if args.kind == "train":
-        config = build_config(TrainingConfig, *settings_layers(args), source="settings")
-        return training_script(args.project, args.name, args.image or [], config, overwrite=args.overwrite,
-                               helper=args.helper)
-    flags = {k: v for k, v in (("output", args.output), ("scope", args.scope)) if v is not None}
-    config = build_config(InferenceConfig, *settings_layers(args), flags, source="settings")
-    return apply_script(args.project, args.classifier, args.image or [], config, helper=args.helper)
-
-
-def _run(args: argparse.Namespace) -> int:
-    text = script_from_args(args)
-    if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
-        print(f"wrote {args.out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
-    return 0
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--project", help="project.qpproj or a folder project (default: the project open in QuPath)")
-    parser.add_argument("--image", action="append", metavar="NAME", help="an image by name (repeatable)")
-    parser.add_argument("--config", metavar="FILE", help="JSON file of settings")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="one setting (repeatable)")
-    parser.add_argument("--helper", metavar="PATH", help="where the script finds DLPixel.groovy")
-    parser.add_argument("--out", metavar="FILE", help="write the script here instead of standard output")
-    parser.set_defaults(func=_run)
-
-
-def register_cli(subparsers: Any) -> None:
-    """Add ``dlpixel script train|apply`` to the ``dlpixel`` command; each sets ``func(args) -> exit code``."""
-    script = subparsers.add_parser("script", help="print a Groovy script for QuPath (\"Copy as Script\")")
-    kinds = script.add_subparsers(dest="kind", required=True)
-    train = kinds.add_parser("train", help="a script that trains a classifier with the given settings")
-    train.add_argument("--name", required=True, help="classifier name")
-    train.add_argument("--from-model", metavar="NAME", help="start from the settings a saved classifier used")
-    train.add_argument("--overwrite", action="store_true", help="the script replaces a classifier of that name")
-    _common(train)
-    apply = kinds.add_parser("apply", help="a script that applies a classifier")
-    apply.add_argument("--classifier", required=True, help="classifier name")
-    apply.add_argument("--output", choices=_choices(InferenceConfig.model_fields["output"].annotation))
-    apply.add_argument("--scope", choices=_choices(InferenceConfig.model_fields["scope"].annotation))
-    _common(apply)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``script train|apply`` on its own (for tests and for use before the CLI wires it in)."""
-    parser = argparse.ArgumentParser(prog="dlpixel")
-    register_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
 __all__ = [
     "INFERENCE_SECTIONS",
     "TRAINING_SECTIONS",
@@ -377,7 +324,6 @@ __all__ = [
     "field_choices",
     "groovy_literal",
     "groovy_string",
-    "register_cli",
     "settings_map",
     "training_script",
 ]

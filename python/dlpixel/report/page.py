@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from . import store
-from .config import TrainingConfig
+from ..classifiers import store
+from ..classifiers.metadata import ClassifierMetadata
+from ..config import TrainingConfig
+from ..data.patches import UNLABELLED, label_counts
 from .diagnosis import MIN_EPOCHS, Finding, diagnose
-from .metadata import ClassifierMetadata
-from .patches import UNLABELLED, label_counts
-from .report_plots import (
+from .plots import (
     Series,
     colour_mask,
     display_image,

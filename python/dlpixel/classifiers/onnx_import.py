@@ -9,12 +9,11 @@ from typing import Literal
 
 import numpy as np
 
-from .. import store
 from ..config import NormalizationConfig, validate_name
+from ..data.preprocessing import Preprocessing
 from ..errors import ClassifierError, ConfigError
-from ..metadata import ClassifierMetadata, ClassInfo, WeightProvenanceInfo, software_versions
-from ..preprocessing import Preprocessing
-from ..training.run import PALETTE
+from . import store
+from .metadata import PALETTE, ClassifierMetadata, ClassInfo, WeightProvenanceInfo, software_versions
 
 
 def check_onnx(path: Path, n_channels: int, n_classes: int, tile_size: int) -> None:

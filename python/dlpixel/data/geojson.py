@@ -7,16 +7,15 @@ import math
 import uuid
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import shapely
 import shapely.geometry
 
 from ..errors import DataError
 from ._io import write_text_atomic
-from .base import LabelShape
+from .base import LabelShape, ObjectType
 
-ObjectType = Literal["annotation", "detection"]
 GEOMETRY_TYPES = frozenset(
     {"Polygon", "MultiPolygon", "LineString", "MultiLineString", "Point", "MultiPoint", "GeometryCollection"}
 )

@@ -1,0 +1,61 @@
+"""What every ``dlpixel`` subcommand shares: progress flags, the project flags, Ctrl-C, and settings layering.
+
+Nothing below the command line imports this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Any
+
+from ..classifiers import store
+from ..errors import ConfigError
+from ..runtime.events import CancelToken
+
+
+def listener_for(args: argparse.Namespace) -> Any:
+    from .progress import make_listener
+
+    mode = "jsonl" if getattr(args, "events", None) == "jsonl" else ("quiet" if getattr(args, "quiet", False)
+                                                                     else "bars")
+    return make_listener(mode)
+
+
+def cancel_on_sigint() -> CancelToken:
+    """The first Ctrl-C asks the run to stop cleanly; a second one stops at once."""
+    token = CancelToken()
+
+    def handler(signum: int, frame: Any) -> None:
+        if token.cancelled:
+            raise KeyboardInterrupt
+        token.cancel()
+        print("\nstopping… (Ctrl-C again to stop at once)", file=sys.stderr)
+
+    signal.signal(signal.SIGINT, handler)
+    return token
+
+
+def add_progress_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="print warnings and the result only")
+    p.add_argument("--events", choices=["bars", "jsonl"], default="bars",
+                   help="progress as bars (default) or one JSON object per line on stdout")
+
+
+def add_project_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--project", required=required,
+                   help="QuPath project (project.qpproj or its folder) or a folder of images with GeoJSON")
+    p.add_argument("--qupath", help="QuPath installation or folder of jars (default: $QUPATH_HOME, then a search)")
+
+
+def settings_layers(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Settings from ``--from-model`` (a classifier's training settings), then ``--config``, then ``--set``; later
+    layers win. Shared by ``train``, ``apply`` and ``script``."""
+    from ..projects import project_root
+
+    from_model = getattr(args, "from_model", None)
+    if from_model and not getattr(args, "project", None):
+        raise ConfigError("--from-model needs --project: the classifier is read from the project's classifiers")
+    root = project_root(args.project) if from_model else None
+    return store.layered_settings(root, from_model, getattr(args, "config", None), getattr(args, "set", None) or [])
