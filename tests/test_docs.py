@@ -61,3 +61,15 @@ def test_inference_md_uses_the_measurement_names_apply_writes() -> None:
     text = (DOCS / "INFERENCE.md").read_text(encoding="utf-8")
     for name in measurement_names(["Tumor", "Stroma", "Ignore*"], calibrated=True, classifier="tumour_stroma"):
         assert name in text, name
+
+
+def test_readme_cpu_install_takes_the_pinned_torch_from_the_cpu_index() -> None:
+    """The CPU-only command installs exactly the torch and torchvision that constraints.txt pins, from PyTorch's CPU
+    wheel index; the default command (which pulls the CUDA build on Linux) stays the README's command 1."""
+    readme = (DOCS.parent / "README.md").read_text(encoding="utf-8")
+    pins = dict(re.findall(r"^(torch|torchvision)==(\S+)$", (DOCS.parent / "constraints.txt").read_text(), re.M))
+    assert set(pins) == {"torch", "torchvision"}
+    cpu = [line for line in readme.splitlines() if "--index-url https://download.pytorch.org/whl/cpu" in line]
+    assert len(cpu) == 1
+    assert f"torch=={pins['torch']}" in cpu[0].split() and f"torchvision=={pins['torchvision']}" in cpu[0].split()
+    assert readme.count('pip install -c constraints.txt -e ".[test]"') >= 2
