@@ -1,8 +1,9 @@
 """Training data from sparse annotations: label rasterisation, tile sampling, a leak-free split, the patch cache.
 
 Label masks hold class indices with 255 for unlabelled pixels. A pixel belongs to a shape when its centre lies
-inside it. Where shapes overlap, the smaller one wins: areas are drawn from the largest to the smallest, then lines
-(longest first), then points, so a small region or a stroke drawn inside a large region keeps its own class.
+inside it; a line is its flat-capped buffer of the stroke width, a point a disc of that diameter (``data.geometry``).
+Where shapes overlap, the smaller one wins: areas are drawn from the largest to the smallest, then lines (longest
+first), then points, so a small region or a stroke drawn inside a large region keeps its own class.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 import shapely
 from shapely.strtree import STRtree
@@ -20,35 +20,12 @@ from shapely.strtree import STRtree
 from ..errors import ConfigError, DataError
 from ..runtime.tiling import axis_positions
 from .base import ImageSource, LabelShape
-from .geometry import polygon_mask
+from .geometry import rasterize
 from .preprocessing import ChannelStats, Preprocessing, read_tile, tile_footprint
 
 UNLABELLED = 255
 DEFAULT_STROKE_PX = 5.0
 """Stroke width (training pixels) of line annotations when QuPath's own stroke thickness is not known."""
-_SHIFT = 8
-
-
-def _to_pixels(coords: np.ndarray, x0: float, y0: float, ds: float) -> np.ndarray:
-    """Full-resolution coordinates to cv2's fixed-point pixel-centre coordinates of the output raster."""
-    return np.round(((coords - (x0, y0)) / ds - 0.5) * (1 << _SHIFT)).astype(np.int32)
-
-
-def _shape_order(shape: LabelShape) -> tuple[int, float]:
-    geom = shape.geometry
-    if shape.kind == "area":
-        return (0, -geom.area)
-    if shape.kind == "line":
-        return (1, -geom.length)
-    return (2, 0.0)
-
-
-def _parts(geom: shapely.Geometry) -> list[shapely.Geometry]:
-    """Single-part geometries, also from collections of multi-part ones."""
-    parts = list(shapely.get_parts(geom))
-    if any(hasattr(p, "geoms") for p in parts):
-        return [q for p in parts for q in _parts(p)]
-    return parts
 
 
 def rasterize_labels(
@@ -60,25 +37,9 @@ def rasterize_labels(
     size: tuple[int, int],
     stroke_width: float = DEFAULT_STROKE_PX,
 ) -> np.ndarray:
-    """Mask (rows, cols) uint8 of the full-resolution window starting at (x0, y0) sampled at ``downsample``."""
-    rows, cols = size
-    mask = np.full((rows, cols), UNLABELLED, np.uint8)
-    thickness = max(1, int(round(stroke_width)))
-    for shape in sorted((s for s in shapes if s.class_name in class_index), key=_shape_order):
-        value = class_index[shape.class_name]  # type: ignore[index]
-        for part in _parts(shape.geometry):
-            if part.is_empty:
-                continue
-            if part.geom_type == "Polygon":
-                mask[polygon_mask(part, x0, y0, downsample, (rows, cols))] = value
-            elif part.geom_type in ("LineString", "LinearRing"):
-                pts = _to_pixels(np.asarray(part.coords), x0, y0, downsample)
-                cv2.polylines(mask, [pts], False, int(value), thickness=thickness, lineType=cv2.LINE_8, shift=_SHIFT)
-            elif part.geom_type == "Point":
-                centre = _to_pixels(np.asarray(part.coords), x0, y0, downsample)[0]
-                cv2.circle(mask, (int(centre[0]), int(centre[1])), max(1, thickness // 2) << _SHIFT, int(value), -1,
-                           lineType=cv2.LINE_8, shift=_SHIFT)
-    return mask
+    """Mask (rows, cols) uint8 of the full-resolution window starting at (x0, y0) sampled at ``downsample``
+    (``geometry.rasterize``: pixel-centre rule; a line is its flat-capped buffer ``stroke_width`` pixels wide)."""
+    return rasterize(shapes, class_index, x0, y0, downsample, size, stroke_width, UNLABELLED)
 
 
 @dataclass(frozen=True)
@@ -264,12 +225,7 @@ def _split_by_blocks(
             continue
         train.append(i)
     warnings = []
-    missing = [c for c in range(n_classes) if val_counts[c] == 0]
-    if missing:
-        warnings.append(f"classes {missing} have no labelled pixels in validation")
-    train_counts = tile_counts[train].sum(0) if train else np.zeros(n_classes)
-    if (train_counts == 0).any():
-        warnings.append(f"classes {[c for c in range(n_classes) if train_counts[c] == 0]} have no training pixels")
+    # Classes missing on either side are checked, by name, after the split (training.run.check_split_classes).
     if not train:
         raise DataError("no training tiles are left after setting validation blocks aside; annotate more area")
     val_blocks = [[k[0], k[1] * block, k[2] * block, (k[1] + 1) * block, (k[2] + 1) * block] for k in sorted(val_keys)]

@@ -8,6 +8,7 @@ classifier's metadata.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from ..config import NormalizationConfig, NormStrategy
 from ..errors import ConfigError
 from .base import ImageSource
+from .geometry import read_pixels
 
 STATS_MAX_SIDE = 1024
 """Image-level statistics are computed from a read whose longer side is at most this many pixels."""
@@ -153,20 +155,29 @@ def normalize(raw: np.ndarray, pre: Preprocessing, stats: ChannelStats) -> np.nd
 
 
 def read_tile(
-    source: ImageSource, pre: Preprocessing, stats: ChannelStats, downsample: float, x: int, y: int, size: int
+    source: ImageSource, pre: Preprocessing, stats: ChannelStats, downsample: float, x: float, y: float, size: int
 ) -> np.ndarray:
     """The model input (size, size, n_inputs) float32 for the tile whose top-left full-resolution corner is (x, y).
 
-    With ``context_scale`` N > 1, N× the area centred on the tile is read at N× the downsample and appended as
-    extra channels. Training patches and inference tiles both come from here.
+    Tile pixel (i, j) is the mean of the image over the full-resolution square [x + j·ds, x + (j + 1)·ds) ×
+    [y + i·ds, …) (``geometry.read_pixels``: one region read once from the best pyramid level, then exact box
+    resampling), so a tile's pixels do not depend on where the tile starts: a corner on the classifier's map grid
+    (x = column · ds, as inference reads) gives exactly the map pixels of that column and row. With
+    ``context_scale`` N > 1, N× the area centred on the tile is read at N× the downsample and appended as extra
+    channels. Training patches and inference tiles both come from here.
     """
-    extent = int(round(size * downsample))
-    raw = source.read_region(downsample, x, y, extent, extent)[..., pre.channels]
+    col, row = round(x / downsample), round(y / downsample)
+    if abs(col * downsample - x) <= 1e-6 * max(1.0, abs(x)) and abs(row * downsample - y) <= 1e-6 * max(1.0, abs(y)):
+        # On the map grid: index the grid from the origin, so the same map pixel is computed the same way whatever
+        # tile it falls in.
+        raw = read_pixels(source, 0.0, 0.0, downsample, col, row, size, size, pre.channels)
+    else:
+        raw = read_pixels(source, x, y, downsample, 0, 0, size, size, pre.channels)
     parts = [normalize(raw, pre, stats)]
     if pre.context_scale > 1:
         cs = pre.context_scale
-        cx, cy = x - extent * (cs - 1) // 2, y - extent * (cs - 1) // 2
-        ctx = source.read_region(downsample * cs, cx, cy, extent * cs, extent * cs)[..., pre.channels]
+        margin = size * downsample * (cs - 1) / 2
+        ctx = read_pixels(source, x - margin, y - margin, downsample * cs, 0, 0, size, size, pre.channels)
         parts.append(normalize(ctx, pre, stats))
     tile = np.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
     if tile.shape[:2] != (size, size):
@@ -174,10 +185,9 @@ def read_tile(
     return np.ascontiguousarray(tile)
 
 
-def tile_footprint(downsample: float, context_scale: int, x: int, y: int, size: int) -> tuple[int, int, int, int]:
+def tile_footprint(downsample: float, context_scale: int, x: float, y: float, size: int) -> tuple[int, int, int, int]:
     """Full-resolution bounds (x0, y0, x1, y1) of every pixel a tile's input depends on (context included)."""
-    extent = int(round(size * downsample))
-    if context_scale > 1:
-        margin = extent * (context_scale - 1) // 2
-        return x - margin, y - margin, x - margin + extent * context_scale, y - margin + extent * context_scale
-    return x, y, x + extent, y + extent
+    extent = size * downsample
+    margin = extent * (context_scale - 1) / 2 if context_scale > 1 else 0.0
+    return (math.floor(x - margin), math.floor(y - margin), math.ceil(x + extent + margin - 1e-9),
+            math.ceil(y + extent + margin - 1e-9))

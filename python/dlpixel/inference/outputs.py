@@ -6,8 +6,10 @@ raster at a time, never the image.
 Conventions shared by all three:
 - A strip is ``(rows, W_ds)`` uint8 class indices (``(rows, W_ds, K)`` probabilities for the map writer) whose
   first row is ``y0`` of the class map; map pixel ``(r, c)`` covers full-resolution
-  ``[c·ds, (c+1)·ds) × [r·ds, (r+1)·ds)``. Values ``>= len(class_names)`` (e.g. 255 where nothing was computed)
-  belong to no class.
+  ``[c·ds, (c+1)·ds) × [r·ds, (r+1)·ds)`` (``data.geometry.Frame``). Values ``>= len(class_names)`` (e.g. 255 where
+  nothing was computed) belong to no class.
+- Areas are counted at full resolution whatever the downsample: each full-resolution pixel whose centre lies inside
+  an annotation takes the class of the map pixel that holds its centre. Objects are clipped to the image.
 - Measurement names follow QuPath's pixel classifier (``<class> area µm^2``, ``<class> %``). With ``classifier``
   given they carry QuPath's ``<classifier>: `` prefix. QuPath's writer adds that prefix when it is missing and
   keeps it when present; the folder writer writes names as given. So ``apply`` passes ``classifier`` and both
@@ -25,7 +27,7 @@ import numpy as np
 import shapely
 
 from ..data.base import LabelShape, ObjectType
-from ..data.geometry import polygon_mask
+from ..data.geometry import Frame
 from .outputs_map import ClassMapWriter, write_preview_png
 
 __all__ = [
@@ -98,8 +100,9 @@ def _map_window(geom: shapely.Geometry, downsample: float) -> tuple[int, int, in
 
 
 class AreaAccumulator:
-    """Per annotation and class, the area of the class map's pixels whose centres lie inside the annotation's own
-    shape (holes excluded), counted strip by strip, so the areas equal what the user drew to the pixel."""
+    """Per annotation and class, the number of full-resolution pixels whose centres lie inside the annotation's own
+    shape (holes excluded) and in a map pixel of that class, counted strip by strip: the areas add up to what the
+    user drew, to the full-resolution pixel, at any downsample (``Frame.count_classes``)."""
 
     def __init__(
         self,
@@ -109,11 +112,14 @@ class AreaAccumulator:
         pixel_size_um: float | None,
         *,
         classifier: str | None = None,
+        image_size: tuple[int, int] | None = None,
     ) -> None:
         if not downsample > 0:
             raise ValueError(f"downsample must be positive, got {downsample}")
         self.class_names = list(class_names)
         self.downsample = float(downsample)
+        # Without the image's size, every full-resolution pixel under the map counts.
+        self._frame = Frame(*(image_size or (1 << 40, 1 << 40)), self.downsample)
         self.pixel_size_um = pixel_size_um
         self.classifier = classifier
         self._width: int | None = None
@@ -143,21 +149,16 @@ class AreaAccumulator:
         hit = np.nonzero((w[:, 0] < y1) & (w[:, 1] > y0) & (w[:, 2] < width) & (w[:, 3] > 0))[0]
         n_classes = len(self.class_names)
         for i in hit:
-            r0, r1 = max(int(w[i, 0]), y0), min(int(w[i, 1]), y1)
-            c0, c1 = max(int(w[i, 2]), 0), min(int(w[i, 3]), width)
-            ds = self.downsample
-            mask = polygon_mask(self._shapes[i].geometry, c0 * ds, r0 * ds, ds, (r1 - r0, c1 - c0))
-            values = strip[r0 - y0 : r1 - y0, c0:c1][mask]
-            self._counts[i] += np.bincount(values, minlength=256)[:n_classes]
+            self._counts[i] += self._frame.count_classes(self._shapes[i].geometry, strip, y0, n_classes)
 
     def counts(self) -> dict[str, np.ndarray]:
-        """Pixel counts at the map's resolution, per annotation id, one per class."""
+        """Full-resolution pixel counts per annotation id, one per class."""
         return {a.id or "": self._counts[i].copy() for i, a in enumerate(self._shapes)}
 
     def result(self) -> dict[str, dict[str, float]]:
         """``{annotation id: {measurement name: value}}``; names as ``measurement_names`` lists them."""
         p = _prefix(self.classifier)
-        px_area = self.downsample**2
+        px_area = 1.0
         um2 = None if self.pixel_size_um is None else float(self.pixel_size_um) ** 2
         ignored = np.array([is_ignored_class(n) for n in self.class_names], bool)
         out: dict[str, dict[str, float]] = {}
@@ -234,6 +235,7 @@ class ObjectBuilder:
         *,
         class_colors: Sequence[tuple[int, int, int] | None] | None = None,
         classifier: str | None = None,
+        image_size: tuple[int, int] | None = None,
     ) -> None:
         if not downsample > 0:
             raise ValueError(f"downsample must be positive, got {downsample}")
@@ -254,6 +256,8 @@ class ObjectBuilder:
         self.pixel_size_um = pixel_size_um
         self.object_type: ObjectType = object_type
         self.classifier = classifier
+        self._image_box = None if image_size is None else Frame(*image_size, self.downsample).image_box()
+        """Objects are clipped to the image: the last map row and column may reach past its edge."""
         self._area_scale = self.downsample**2 * (1.0 if pixel_size_um is None else float(pixel_size_um) ** 2)
         """Area in the user's unit (µm² when calibrated, else full-resolution px²) of one map pixel."""
         self._width: int | None = None
@@ -314,6 +318,8 @@ class ObjectBuilder:
         if self.min_object_area > 0 and poly.area * self._area_scale < self.min_object_area:
             return
         geom = shapely.transform(poly, lambda xy: xy * self.downsample)
+        if self._image_box is not None and not self._image_box.contains(geom):
+            geom = shapely.intersection(geom, self._image_box)
         if self.simplify > 0:
             geom = shapely.simplify(geom, self.simplify, preserve_topology=True)
         if self._clip is None or self._clip_tree is None:

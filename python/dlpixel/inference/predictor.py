@@ -20,6 +20,7 @@ import numpy as np
 from ..classifiers.metadata import ClassifierMetadata
 from ..config import default_overlap
 from ..data.base import ImageSource
+from ..data.geometry import Frame
 from ..data.preprocessing import ChannelStats, read_tile
 from ..errors import ConfigError
 from ..runtime.events import CancelToken, Emitter
@@ -220,9 +221,9 @@ class Predictor:
         self.n_classes = len(meta.classes)
 
     def image_size(self, source: ImageSource) -> tuple[int, int]:
-        """(width, height) of the image at the classifier's resolution."""
-        ds = self.meta.downsample
-        return max(1, int(round(source.width / ds))), max(1, int(round(source.height / ds)))
+        """(width, height) of the class map (``geometry.Frame.map_size``: ceil, every full-resolution pixel
+        covered)."""
+        return Frame(source.width, source.height, self.meta.downsample).map_size
 
     def grid(self, source: ImageSource) -> Grid:
         w, h = self.image_size(source)
@@ -262,7 +263,8 @@ class Predictor:
         pre = self.meta.preprocessing
 
         def read(x: int, y: int) -> np.ndarray:
-            tile = read_tile(source, pre, stats, ds, int(round(x * ds)), int(round(y * ds)), t)
+            # The tile's corner on the map grid: its pixels are exactly the map pixels they stand for.
+            tile = read_tile(source, pre, stats, ds, x * ds, y * ds, t)
             return tile.transpose(2, 0, 1)
 
         def emit_rows(until: int) -> Iterator[Strip]:

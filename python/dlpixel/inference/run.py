@@ -195,11 +195,12 @@ def _apply_image(
 
     pixel_size = source.pixel_size_um
     if cfg.output == "measurements":
-        sink: Any = AreaAccumulator(shapes or [], class_names, ds, pixel_size, classifier=classifier)
+        sink: Any = AreaAccumulator(shapes or [], class_names, ds, pixel_size, classifier=classifier,
+                                    image_size=(source.width, source.height))
     elif cfg.output == "objects":
         sink = ObjectBuilder(class_names, ds, cfg.min_object_area, cfg.min_hole_area, cfg.simplify, pixel_size,
                              shapes, cfg.object_type, class_colors=[tuple(c.color) for c in meta.classes],
-                             classifier=classifier)
+                             classifier=classifier, image_size=(source.width, source.height))
     else:
         suffix = "classes" if cfg.output == "map" else "probabilities"
         path = project.root / "results" / classifier / f"{map_stem(image.name)}.{suffix}.ome.tif"
