@@ -305,3 +305,18 @@ def test_samples_show_unlabelled_pixels_transparent(tmp_path):
     with Image.open(io.BytesIO(decode(tile["image"])[1])) as im:
         assert im.mode == "L" and im.size == (40, 40)
 
+
+
+def test_advice_with_a_class_name_with_spaces_is_quoted_for_a_shell_and_parses_back():
+    import shlex
+
+    from dlpixel.cli.main import build_parser, training_settings
+
+    weak = _meta({"Tumor": 0.9, "Optic disc": 0.3}, [[180, 20], [140, 60]])
+    finding = next(f for f in diagnose(HEALTHY, weak) if f.kind == "weak_class")
+    advice = finding.advice[0]
+    assert "--set 'class_weights.Optic disc=2'" in advice
+    words = shlex.split(advice.split(": ", 1)[1].split(" (now")[0])
+    args = build_parser().parse_args(["train", *words])
+    cfg, _ = training_settings(args)
+    assert cfg.class_weights == {"Optic disc": 2.0}

@@ -8,6 +8,7 @@ low, or a data problem), and a class the model gets wrong. A healthy history giv
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -206,7 +207,7 @@ def _class_findings(meta: ClassifierMetadata, cfg: TrainingConfig) -> list[Findi
         weight = cfg.class_weights.get(name, 1.0)
         findings.append(Finding(
             "weak_class", f"'{name}' is recognised poorly", " ".join(evidence),
-            (f"Raise its weight: --set class_weights.{name}={weight * 2:g} (now {weight:g}).",
+            (f"Raise its weight: --set {shlex.quote(f'class_weights.{name}={weight * 2:g}')} (now {weight:g}).",
              f"Annotate more of '{name}'" + (f", especially where it borders '{confused}'." if confused else "."),
              f"Check that '{name}' looks consistent; if it covers things that look different, split it."),
         ))

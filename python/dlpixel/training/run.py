@@ -187,6 +187,22 @@ def _extract(data: TrainingData, cfg: TrainingConfig, emit: Emitter, cancel: Can
     return cfg, pre, cache
 
 
+def check_split_classes(classes: Sequence[str], train_counts: np.ndarray, val_counts: np.ndarray,
+                        emit: Emitter) -> None:
+    """After the final split (training tiles that overlap validation already dropped): refuse to train when a class
+    has no training pixels; warn, by name, about a class with no validation pixels."""
+    none_train = [c for c, n in zip(classes, train_counts) if n == 0]
+    if none_train:
+        raise DataError(
+            f"class {', '.join(repr(c) for c in none_train)} has no training pixels once the validation area is set "
+            "aside (its annotations all lie in or beside it): annotate it in another place or image, or lower "
+            "validation_split")
+    none_val = [c for c, n in zip(classes, val_counts) if n == 0]
+    if none_val:
+        emit.log(f"class {', '.join(repr(c) for c in none_val)} has no labelled pixels in validation, so its IoU "
+                 "cannot be measured: annotate it in more places", level="warning")
+
+
 def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: TrainingData, names: list[str],
                     pre: Preprocessing, cache: PatchCache, overwrite: bool, emit: Emitter,
                     cancel: CancelToken) -> store.ClassifierEntry:
@@ -198,7 +214,7 @@ def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: Trai
 
     if len(cache) < 2:
         raise DataError(f"only {len(cache)} labelled tile(s) at tile_size {cfg.tile_size}; annotate more, or use a "
-                        "smaller tile_size or tile_overlap")
+                        "smaller tile_size or a larger tile_overlap")
     n_classes = len(data.classes)
     tile_counts = np.stack([label_counts(m, n_classes) for m in cache.masks])
     split = split_tiles(cache.tiles, tile_counts, names, cfg.validation_split, cfg.tile_size, cfg.downsample,
@@ -207,6 +223,7 @@ def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: Trai
         emit.log(w, level="warning")
     train_counts = tile_counts[split.train].sum(0)
     val_counts = tile_counts[split.val].sum(0)
+    check_split_classes(data.classes, train_counts, val_counts, emit)
     emit.log(f"{len(split.train)} training and {len(split.val)} validation tiles ({split.method} split)")
 
     multipliers = [cfg.class_weights.get(c, 1.0) for c in data.classes]
