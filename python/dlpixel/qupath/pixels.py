@@ -26,6 +26,7 @@ _PIXEL_DTYPES = {
 _BUFFER_DTYPES = {0: np.dtype(np.uint8), 1: np.dtype(np.uint16), 2: np.dtype(np.int16), 3: np.dtype(np.int32),
                   4: np.dtype(np.float32), 5: np.dtype(np.float64)}
 _PACKED_RGB_TYPES = (1, 2, 3)  # BufferedImage.TYPE_INT_RGB, TYPE_INT_ARGB, TYPE_INT_ARGB_PRE
+_ARGB_PRE = 3
 # Bytes of a packed 0xAARRGGBB int in memory are B, G, R, A on little-endian machines and A, R, G, B on big-endian.
 _RGB_BYTES = slice(2, None, -1) if sys.byteorder == "little" else slice(1, None)
 _SAMPLE_MODELS: dict[str, Any] = {}
@@ -43,10 +44,20 @@ def _java_array(arr: Any, dtype: np.dtype) -> np.ndarray:
     return np.frombuffer(memoryview(arr), dtype=dtype)
 
 
-def _unpack_rgb(packed: Any, h: int, w: int) -> np.ndarray:
+def _unpack_rgb(packed: Any, h: int, w: int, premultiplied: bool = False) -> np.ndarray:
     """A Java int[] of packed 0xAARRGGBB pixels as an (H, W, 3) uint8 view of its bytes: the one copy is the JNI
-    copy; R, G, B are picked by strides, so nothing is shifted or byte-swapped."""
-    return _java_array(packed, np.dtype(np.uint8)).reshape(h, w, 4)[..., _RGB_BYTES]
+    copy; R, G, B are picked by strides, so nothing is shifted or byte-swapped. Premultiplied colours
+    (``TYPE_INT_ARGB_PRE``) are divided by their alpha, as Java's own ``getRGB`` does (round(c · 255 / a); 0 where
+    a = 0), so the model sees the straight colours."""
+    argb = _java_array(packed, np.dtype(np.uint8)).reshape(h, w, 4)
+    rgb = argb[..., _RGB_BYTES]
+    if not premultiplied:
+        return rgb
+    alpha = argb[..., 3 if sys.byteorder == "little" else 0].astype(np.uint16)[..., None]
+    if (alpha == 255).all():
+        return rgb
+    straight = (rgb.astype(np.uint32) * 510 + alpha) // (2 * np.maximum(alpha, 1))  # floor(c·255/a + ½)
+    return np.where(alpha == 0, 0, np.minimum(straight, 255)).astype(np.uint8)
 
 
 def _arithmetic_step(values: list[int]) -> int | None:
@@ -105,11 +116,12 @@ def buffered_image_to_numpy(img: Any) -> np.ndarray:
     buf = raster.getDataBuffer()
     w, h = int(raster.getWidth()), int(raster.getHeight())
     tx, ty = int(raster.getSampleModelTranslateX()), int(raster.getSampleModelTranslateY())
-    if int(img.getType()) in _PACKED_RGB_TYPES:
+    kind = int(img.getType())
+    if kind in _PACKED_RGB_TYPES:
         data = buf.getData()
         if tx == 0 and ty == 0 and len(data) == w * h and int(buf.getOffset()) == 0:
-            return _unpack_rgb(data, h, w)
-        return _unpack_rgb(img.getRGB(0, 0, w, h, None, 0, w), h, w)
+            return _unpack_rgb(data, h, w, premultiplied=kind == _ARGB_PRE)
+        return _unpack_rgb(img.getRGB(0, 0, w, h, None, 0, w), h, w)  # getRGB gives straight colours
     sm = raster.getSampleModel()
     dtype = _BUFFER_DTYPES.get(int(buf.getDataType()))
     if dtype is not None and isinstance(sm, _component_sample_model()):
