@@ -36,3 +36,46 @@ def test_a_class_left_without_training_pixels_by_the_split_stops_training_with_i
     assert err == [err[-1]] and err[0].startswith("error: class 'Fibre' has no training pixels")
     assert "validation_split" in err[0] and "[2]" not in err[0]
     assert not store.classifiers_dir(folder).exists() or not any(store.classifiers_dir(folder).iterdir())
+
+
+def test_channels_are_found_by_name_wherever_they_sit_in_each_image(tmp_path, monkeypatch, capsys):
+    """'b' holds the same pixels as 'a' with its channels in another order: training reads the same tiles from
+    both (by name), and the classifier records the first image's order."""
+    import json
+
+    import dlpixel.training.run as run
+    from conftest import strokes_from_truth, synthetic_image
+    from dlpixel.data.images import write_ome_tiff
+
+    img, truth = synthetic_image(192)
+    feats = json.dumps({"type": "FeatureCollection", "features": strokes_from_truth(truth, per_class=6)})
+    folder = tmp_path / "project"
+    folder.mkdir()
+    names = ["Hematoxylin", "DAB", "Eosin"]
+    order = [2, 0, 1]
+    write_ome_tiff(folder / "a.ome.tif", img, channel_names=names, tile=64)
+    write_ome_tiff(folder / "b.ome.tif", img[..., order], channel_names=[names[i] for i in order], tile=64)
+    for n in ("a.ome.tif", "b.ome.tif"):
+        (folder / f"{n}.geojson").write_text(feats)
+    caches = []
+    real = run.extract_patches
+
+    def keep(*args, **kwargs):
+        caches.append(real(*args, **kwargs))
+        return caches[-1]
+
+    monkeypatch.setattr(run, "extract_patches", keep)
+    args = ["train", "--project", str(folder), "--name", "m", *FAST, "--set", "epochs=1", "--set", "channels=DAB,Eosin"]
+    assert main(args) == 0, capsys.readouterr().err
+    cache = caches[0]
+    by_image = {}
+    for i, t in enumerate(cache.tiles):
+        by_image.setdefault(t.image, {})[(t.x, t.y)] = cache.images[i]
+    assert by_image[0].keys() == by_image[1].keys()
+    for xy, raw in by_image[0].items():
+        assert np.array_equal(raw, by_image[1][xy])
+        assert not np.array_equal(raw[0], raw[1])
+    entry = store.load_classifier(folder, "m")
+    assert entry.metadata.input_channels == ["DAB", "Eosin"]
+    # Every channel (no names chosen) needs the same channels in each image, in any order.
+    assert main(["train", "--project", str(folder), "--name", "n", *FAST, "--set", "epochs=1"]) == 0

@@ -261,8 +261,12 @@ def extract_patches(
     overlap_percent: float,
     stroke_width: float,
     progress: Callable[[int, int], None] | None = None,
+    channels_per_image: Sequence[Sequence[int]] | None = None,
 ) -> PatchCache:
-    """Sample tiles over every image's labels and read each tile's input and mask once; unlabelled tiles go."""
+    """Sample tiles over every image's labels and read each tile's input and mask once; unlabelled tiles go.
+    ``channels_per_image``: where ``pre``'s channels sit in each image (default: ``pre.channels`` in all)."""
+    pres = [pre if channels_per_image is None else pre.model_copy(update={"channels": list(c)})
+            for c in (channels_per_image or [pre.channels] * len(sources))]
     candidates: list[TileRef] = []
     for i, (src, shapes) in enumerate(zip(sources, shapes_per_image)):
         labelled = [s for s in shapes if s.class_name in class_index]
@@ -282,7 +286,7 @@ def extract_patches(
             shapely.box(t.x - margin, t.y - margin, t.x + extent + margin, t.y + extent + margin)))]
         mask = rasterize_labels(near, class_index, t.x, t.y, downsample, (tile_size, tile_size), stroke_width)
         if (mask != UNLABELLED).any():
-            tile = read_tile(sources[t.image], pre, stats_per_image[t.image], downsample, t.x, t.y, tile_size)
+            tile = read_tile(sources[t.image], pres[t.image], stats_per_image[t.image], downsample, t.x, t.y, tile_size)
             images[len(kept)] = tile.transpose(2, 0, 1)
             masks[len(kept)] = mask
             kept.append(t)

@@ -153,23 +153,28 @@ def _extract(data: TrainingData, cfg: TrainingConfig, emit: Emitter, cancel: Can
     channel_names = list(data.sources[0].channel_names)
     channels = resolve_channels(cfg.channels, channel_names, names[0])
     selected = [channel_names[c] for c in channels]
-    # Indices chosen explicitly say "these planes, whatever they are called"; otherwise the names must agree, so
-    # that an RGB image and a fluorescence image with as many channels are never mixed silently.
+    # Indices chosen explicitly say "these planes, whatever they are called"; otherwise channels are found by name
+    # in each image, wherever they sit (as apply finds them), so an RGB image and a fluorescence image with as many
+    # channels are never mixed silently.
     by_index = cfg.channels is not None and all(isinstance(c, int) for c in cfg.channels)
+    per_image = [channels]
     for src, image in zip(data.sources[1:], data.images[1:]):
-        other = resolve_channels(cfg.channels, src.channel_names, image.name)
-        if other != channels or not (by_index or [src.channel_names[c] for c in other] == selected):
+        if by_index:
+            per_image.append(resolve_channels(cfg.channels, src.channel_names, image.name))
+            continue
+        if cfg.channels is None and sorted(src.channel_names) != sorted(channel_names):
             raise DataError(
                 f"image '{image.name}' has channels {list(src.channel_names)}, unlike '{names[0]}' "
-                f"{channel_names}; train on images with the same channels (--image), or select channels by name"
-                " that sit at the same place in every image (--set channels=...)"
+                f"{channel_names}; train on images with the same channels (--image), or name the channels to train "
+                "(--set channels=...)"
             )
+        per_image.append(resolve_channels(selected, src.channel_names, image.name))
     check_tile_fits(data.sources, names, cfg.tile_size, cfg.downsample)
 
     pre = Preprocessing(channels=channels, channel_names=[channel_names[c] for c in channels],
                         normalization=cfg.normalization, context_scale=cfg.context_scale)
     emit("stage", stage="statistics", message="computing normalisation statistics")
-    samples = [sample_pixels(src, channels) for src in data.sources]
+    samples = [sample_pixels(src, idx) for src, idx in zip(data.sources, per_image)]
     pre.dataset_stats = dataset_stats(samples, cfg.normalization)
     stats = [image_stats(src, pre, pixels) if cfg.normalization.image_level else pre.dataset_stats
              for src, pixels in zip(data.sources, samples)]
@@ -183,7 +188,7 @@ def _extract(data: TrainingData, cfg: TrainingConfig, emit: Emitter, cancel: Can
 
     emit("stage", stage="patches", message="extracting training tiles")
     cache = extract_patches(data.sources, data.shapes, stats, pre, class_index, cfg.tile_size, cfg.downsample,
-                            cfg.tile_overlap, stroke, progress=on_extract)
+                            cfg.tile_overlap, stroke, progress=on_extract, channels_per_image=per_image)
     return cfg, pre, cache
 
 
