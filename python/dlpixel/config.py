@@ -71,6 +71,23 @@ class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True, use_enum_values=True,
                               use_attribute_docstrings=True)
 
+Precision = Literal["bf16", "fp16", "fp32"]
+"""Floating-point precision of the model's arithmetic on a GPU: ``bf16`` and ``fp16`` run the model under autocast
+(``bf16`` falls back to ``fp16`` on a GPU without bfloat16), ``fp32`` in full precision. CPUs always compute in
+``fp32``."""
+
+
+def _map_mixed_precision(data: Any) -> Any:
+    """Settings written before ``precision`` existed carry ``mixed_precision``: true is ``bf16``, false ``fp32``."""
+    if isinstance(data, dict) and "mixed_precision" in data:
+        data = dict(data)
+        old = data.pop("mixed_precision")
+        if "precision" not in data and old is not None:
+            flag = old.strip().lower() not in ("false", "0", "no", "off") if isinstance(old, str) else bool(old)
+            data["precision"] = "bf16" if flag else "fp32"
+    return data
+
+
 
 class AugmentConfig(_Settings):
     """Random transforms applied alike to a training tile and its labels (never to validation tiles)."""
@@ -142,7 +159,14 @@ class TrainingConfig(_Settings):
     loss: Loss = Loss.ce_dice
     early_stop_metric: EarlyStopMetric = EarlyStopMetric.mean_iou
     early_stop_patience: int = 15
-    mixed_precision: bool = True
+    precision: Precision = "bf16"
+    """``bf16``, ``fp16`` or ``fp32`` on a GPU (CPUs compute in fp32); the old ``mixed_precision`` true/false maps to
+    bf16/fp32."""
+    compile: bool = False
+    """Compile the model with ``torch.compile`` on CUDA (slower start, faster steps on large runs); ignored on CPUs."""
+    log_every: int = 10
+    """Training batches between loss read-outs (and the non-finite-loss check) on a GPU: each read-out waits for the
+    GPU, so fewer read-outs keep it busy. 1 reads every batch (always so on a CPU)."""
     # augmentation
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     # channels and classes
@@ -163,6 +187,11 @@ class TrainingConfig(_Settings):
     @classmethod
     def _split_blocks(cls, value: Any) -> Any:
         """A block name (``--set freeze=stem``) or comma-separated block names make a list."""
+    @model_validator(mode="before")
+    @classmethod
+    def _old_precision(cls, data: Any) -> Any:
+        return _map_mixed_precision(data)
+
         if isinstance(value, str) and (value in ENCODER_BLOCKS or "," in value):
             return [v.strip() for v in value.split(",")]
         return value
@@ -196,7 +225,7 @@ class TrainingConfig(_Settings):
             raise ValueError(f"downsample must be at least 1 (got {value})")
         return value
 
-    @field_validator("context_scale", "epochs", "batch_size")
+    @field_validator("context_scale", "epochs", "batch_size", "log_every")
     @classmethod
     def _positive(cls, value: int) -> int:
         if value < 1:
@@ -291,8 +320,11 @@ class InferenceConfig(_Settings):
     @field_validator("tile_size")
     @classmethod
     def _tile_size(cls, value: int | None) -> int | None:
+    """Tiles per model call (on a GPU 16-64 keeps it busy; batches span rows of tiles)."""
         if value is not None and (value < 32 or value % 32):
             raise ValueError(f"tile_size must be a positive multiple of 32 (got {value})")
+    precision: Precision = "bf16"
+    """``bf16``, ``fp16`` or ``fp32`` for PyTorch on a GPU (CPUs and ONNX Runtime compute in fp32)."""
         return value
 
     @field_validator("batch_size", "reader_threads")
@@ -303,6 +335,11 @@ class InferenceConfig(_Settings):
         return value
 
     @field_validator("overlap", "min_object_area", "min_hole_area", "simplify")
+    @model_validator(mode="before")
+    @classmethod
+    def _old_precision(cls, data: Any) -> Any:
+        return _map_mixed_precision(data)
+
     @classmethod
     def _not_negative(cls, value: float | None) -> float | None:
         if value is not None and value < 0:

@@ -21,7 +21,7 @@ from ..errors import ConfigError, DataError
 from ..runtime.tiling import axis_positions
 from .base import ImageSource, LabelShape
 from .geometry import rasterize
-from .preprocessing import ChannelStats, Preprocessing, read_tile, tile_footprint
+from .preprocessing import ChannelStats, Preprocessing, normalize, read_tile, tile_footprint
 
 UNLABELLED = 255
 DEFAULT_STROKE_PX = 5.0
@@ -238,15 +238,65 @@ def label_counts(mask: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 class PatchCache:
-    """Model inputs and label masks of every tile, extracted once (in memory)."""
+    """Label masks and inputs of every tile, extracted once (in memory).
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, tiles: list[TileRef]):
-        self.images = images
+    With ``pre`` and ``stats`` the tiles are kept as raw pixels (``raw``: the image's dtype, uint8 is 4× smaller
+    than float32; float32 where the training resolution resamples) and normalised when read, by the same
+    ``normalize`` as inference; without them ``raw`` holds model inputs already.
+    """
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, tiles: list[TileRef],
+                 pre: Preprocessing | None = None, stats: Sequence[ChannelStats] | None = None):
+        self.raw = images
         self.masks = masks
         self.tiles = tiles
+        self.pre = pre
+        self.stats = list(stats) if stats is not None else None
 
     def __len__(self) -> int:
         return len(self.tiles)
+
+    def input(self, index: int) -> np.ndarray:
+        """Model input (C, H, W) float32 of tile ``index``."""
+        raw = self.raw[index]
+        if self.pre is None or self.stats is None:
+            return raw
+        stats = self.stats[self.tiles[index].image]
+        n = len(stats.offset)
+        hwc = raw.transpose(1, 2, 0)
+        parts = [normalize(hwc[..., i: i + n], self.pre, stats) for i in range(0, hwc.shape[-1], n)]
+        out = parts[0] if len(parts) == 1 else np.concatenate(parts, -1)
+        return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+    @property
+    def images(self) -> _Inputs:
+        """Model inputs (N, C, H, W) float32, normalised per index on access."""
+        return _Inputs(self)
+
+
+class _Inputs:
+    """Indexable view of a patch cache's model inputs."""
+
+    def __init__(self, cache: PatchCache):
+        self.cache = cache
+        self.shape = cache.raw.shape
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __getitem__(self, index: int | np.integer) -> np.ndarray:
+        if not isinstance(index, (int, np.integer)):
+            raise TypeError("patch inputs are read one tile at a time")
+        return self.cache.input(int(index))
+
+
+def _raw_tile(source: ImageSource, pre: Preprocessing, downsample: float, x: float, y: float, size: int,
+              ) -> np.ndarray:
+    """``read_tile`` without normalisation: the same read through the identity affine map (float32, exact)."""
+    identity = pre.model_copy(update={"normalization": pre.normalization.model_copy(update={"strategy": "z_score"})})
+    n = len(pre.channels)
+    return read_tile(source, identity, ChannelStats(offset=[0.0] * n, scale=[1.0] * n), downsample, x, y, size)
 
 
 
@@ -272,7 +322,12 @@ def extract_patches(
         labelled = [s for s in shapes if s.class_name in class_index]
         candidates += sample_tiles(i, src, labelled, tile_size, downsample, overlap_percent, stroke_width)
     n_in = pre.n_inputs
-    images = np.empty((len(candidates), n_in, tile_size, tile_size), np.float32)
+    # Raw pixels in the images' dtype when every tile holds stored values (else float32, decided on the way).
+    dtypes = {np.dtype(getattr(s, "dtype", np.float32)) for s in sources}
+    store = dtypes.pop() if len(dtypes) == 1 else np.dtype(np.float32)
+    if store.kind not in "ui":
+        store = np.dtype(np.float32)
+    images = np.empty((len(candidates), n_in, tile_size, tile_size), store)
     masks = np.empty((len(candidates), tile_size, tile_size), np.uint8)
     kept: list[TileRef] = []
     extent = tile_size * downsample
@@ -286,15 +341,17 @@ def extract_patches(
             shapely.box(t.x - margin, t.y - margin, t.x + extent + margin, t.y + extent + margin)))]
         mask = rasterize_labels(near, class_index, t.x, t.y, downsample, (tile_size, tile_size), stroke_width)
         if (mask != UNLABELLED).any():
-            tile = read_tile(sources[t.image], pres[t.image], stats_per_image[t.image], downsample, t.x, t.y, tile_size)
-            images[len(kept)] = tile.transpose(2, 0, 1)
+            tile = _raw_tile(sources[t.image], pres[t.image], downsample, t.x, t.y, tile_size).transpose(2, 0, 1)
+            if images.dtype != np.float32 and not np.array_equal(tile.astype(images.dtype), tile):
+                images = images.astype(np.float32)  # resampled pixels: keep them exact
+            images[len(kept)] = tile
             masks[len(kept)] = mask
             kept.append(t)
         if progress is not None:
             progress(n + 1, len(candidates))
     if len(kept) < len(candidates):
         images, masks = images[: len(kept)].copy(), masks[: len(kept)].copy()
-    return PatchCache(images, masks, kept)
+    return PatchCache(images, masks, kept, pre, stats_per_image)
 
 
 def check_tile_fits(sources: Sequence[ImageSource], names: Sequence[str], tile_size: int, downsample: float) -> None:

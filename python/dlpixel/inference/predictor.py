@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from ..data.preprocessing import ChannelStats, read_tile
 from ..errors import ConfigError
 from ..runtime.events import CancelToken, Emitter
 from ..runtime.tiling import Grid, blend_window
+from .reading import normalize_raw, read_raw_row
 
 
 class Backend(Protocol):
@@ -68,18 +69,31 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, model: object, device: str = "auto", mixed_precision: bool = True):
+    def __init__(self, model: object, device: str = "auto", precision: str | bool = "bf16", compile: bool = False):
         import torch
 
-        from ..runtime.device import autocast_dtype, resolve_device
+        from ..runtime.device import autocast_dtype, precision_name, resolve_device
 
         self.torch = torch
         self.dev = resolve_device(device)
         self.device = self.dev.type
-        self.amp = autocast_dtype(self.dev, mixed_precision)
+        self.amp = autocast_dtype(self.dev, precision)
+        self.precision = precision_name(self.amp)
         self.model = model.to(self.dev).eval()  # type: ignore[attr-defined]
         if self.dev.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
+            if compile:
+                self.model = torch.compile(self.model)
+
+    def probabilities_on_device(self, x: object) -> object:
+        """Class probabilities (N, K, T, T) float32 of a float32 batch already on the device, left there."""
+        torch = self.torch
+        with torch.inference_mode(), torch.autocast(self.dev.type, dtype=self.amp, enabled=self.amp is not None):
+            if self.dev.type == "cpu":
+                x = x.contiguous()  # type: ignore[attr-defined]
+                return torch.cat([torch.softmax(self.model(c).float(), dim=1)
+                                  for c in x.split(max(1, TORCH_CPU_CHUNK_PIXELS // (x.shape[2] * x.shape[3])))])
+            return torch.softmax(self.model(x).float(), dim=1)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         if self.dev.type == "cpu":
@@ -119,6 +133,7 @@ class OnnxBackend:
         self.session = OnnxSession(path, providers=providers, options=options)
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.providers else "cpu"
         self.outputs = outputs
+        self.precision = "fp32"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         if self.device == "cpu":
@@ -130,7 +145,8 @@ class OnnxBackend:
         return out if self.outputs == "probabilities" else softmax(out)
 
 
-def load_backend(folder: Path, meta: ClassifierMetadata, backend: str = "auto", device: str = "auto") -> Backend:
+def load_backend(folder: Path, meta: ClassifierMetadata, backend: str = "auto", device: str = "auto",
+                 precision: str = "bf16") -> Backend:
     """The classifier's model on the requested backend; ``auto`` is PyTorch on a GPU, else ONNX Runtime when the
     classifier has an ONNX file (faster on CPUs), else PyTorch."""
     from ..classifiers import store
@@ -204,6 +220,7 @@ class Predictor:
         reader_threads: int = 2,
         emit: Emitter | None = None,
         cancel: CancelToken | None = None,
+        on_device: bool | None = None,
     ):
         self.backend = backend
         self.meta = meta
@@ -219,6 +236,12 @@ class Predictor:
         self.cancel = cancel or CancelToken()
         self.window = blend_window(self.tile, self.overlap)
         self.n_classes = len(meta.classes)
+        self.on_device = on_device
+        """Blend on the model's device (PyTorch): raw tiles in, uint8 class strips out. None: on a CUDA device."""
+        self.keep_probabilities = True
+        """Whether strips carry probabilities (off: class maps only, nothing else leaves the device)."""
+        self.timings: dict[str, float] = {}
+        """Seconds per stage of the last ``strips`` (read: waiting for tiles; model; blend; write: the caller)."""
 
     def image_size(self, source: ImageSource) -> tuple[int, int]:
         """(width, height) of the class map (``geometry.Frame.map_size``: ceil, every full-resolution pixel
@@ -229,6 +252,12 @@ class Predictor:
         w, h = self.image_size(source)
         return Grid(w, h, self.tile, self.overlap)
 
+    def uses_device(self) -> bool:
+        """Whether ``strips`` blends on the model's device (see ``on_device``)."""
+        if not hasattr(self.backend, "probabilities_on_device"):
+            return False
+        return self.backend.device == "cuda" if self.on_device is None else self.on_device
+
     def strips(
         self,
         source: ImageSource,
@@ -238,7 +267,12 @@ class Predictor:
         label: str = "",
     ) -> Iterator[Strip]:
         """Blended strips covering ``window`` (x0, y0, x1, y1 at the classifier's resolution; default the whole
-        image), top to bottom. Only tiles that touch the window (and pass ``tile_filter``) are computed."""
+        image), top to bottom. Only tiles that touch the window (and pass ``tile_filter``) are computed.
+
+        Rows of tiles are read as strips by background threads (``reading.read_raw_row``) ahead of the model;
+        batches span rows. On the host path tiles are normalised by the readers and blended in numpy; on the device
+        path (``uses_device``) raw tiles go to the device and come back as uint8 class strips (``gpu``).
+        """
         grid = self.grid(source)
         x0, y0, x1, y1 = window or (0, 0, grid.width, grid.height)
         x0, y0, x1, y1 = max(0, x0), max(0, y0), min(grid.width, x1), min(grid.height, y1)
@@ -248,84 +282,166 @@ class Predictor:
         keep = tile_filter or (lambda x, y: True)
         plan = [(y, [x for x in xs if keep(x, y)]) for y, xs in rows]
         total = sum(len(xs) for _, xs in plan)
-        width = x1 - x0
-        t, k = self.tile, self.n_classes
+        t = self.tile
         # The accumulator spans every tile that touches the window horizontally.
         ax0 = min(xs[0] for _, xs in rows)
         ax1 = max(xs[-1] for _, xs in rows) + t
-        acc = np.zeros((k, t, ax1 - ax0), np.float32)
-        wsum = np.zeros((t, ax1 - ax0), np.float32)
-        buf_y = rows[0][0]
-        emitted = y0
-        done = 0
-        start = time.perf_counter()
         ds = self.meta.downsample
         pre = self.meta.preprocessing
+        device = self.uses_device()
+        blender: Any = (self._device_blender(ax1 - ax0, pre, stats) if device
+                        else _HostBlender(self.n_classes, t, ax1 - ax0, self.window))
+        timings = self.timings = {"read": 0.0, "model": 0.0, "blend": 0.0, "write": 0.0}
+        state = {"buf_y": rows[0][0], "emitted": y0}
 
-        def read(x: int, y: int) -> np.ndarray:
-            # The tile's corner on the map grid: its pixels are exactly the map pixels they stand for.
-            tile = read_tile(source, pre, stats, ds, x * ds, y * ds, t)
-            return tile.transpose(2, 0, 1)
+        def read_row(y: int, xs: list[int]) -> list[np.ndarray]:
+            raw = read_raw_row(source, pre, ds, xs, y, t)
+            if device:
+                return raw
+            return [normalize_raw(r, pre, stats).transpose(2, 0, 1) for r in raw]
 
-        def emit_rows(until: int) -> Iterator[Strip]:
-            nonlocal emitted
+        def strip(until: int) -> Strip | None:
             until = min(until, y1)
+            emitted, buf_y = state["emitted"], state["buf_y"]
             if until <= emitted:
-                return
-            probs = np.zeros((k, until - emitted, width), np.float32)
-            computed = np.zeros((until - emitted, width), bool)
+                return None
             lo, hi = max(emitted, buf_y), until
-            if hi > lo:
-                a = acc[:, lo - buf_y: hi - buf_y, x0 - ax0: x1 - ax0]
-                w = wsum[lo - buf_y: hi - buf_y, x0 - ax0: x1 - ax0]
-                ok = w > 0
-                np.divide(a, w, out=probs[:, lo - emitted:], where=ok)
-                computed[lo - emitted:] = ok
-            yield Strip(emitted, probs, computed)
-            emitted = until
+            out = blender.strip(emitted, until - emitted, lo - buf_y, max(lo, hi) - buf_y, x0 - ax0, x1 - ax0)
+            state["emitted"] = until
+            return out
 
-        flat = [(y, x) for y, xs in plan for x in xs]
+        def start_row(r: int) -> Strip | None:
+            """Before the first tile of row ``r``: the rows above it are complete; move the accumulator down."""
+            out = strip(grid.final_row_end(r - 1, rows)) if r > 0 else None
+            y = rows[r][0]
+            if y > state["buf_y"]:
+                blender.shift(y - state["buf_y"])
+                state["buf_y"] = y
+            return out
+
         with ThreadPoolExecutor(max_workers=self.reader_threads, thread_name_prefix="dlpixel-read") as pool:
-            pending: deque[Future] = deque()
+            futures: deque[tuple[int, Future]] = deque()
             ahead = max(2 * self.batch_size, 4)
-            cursor = 0
+            cursor, queued = 0, 0
+            ready: deque[tuple[int, int, np.ndarray]] = deque()
 
             def fill() -> None:
-                nonlocal cursor
-                while cursor < len(flat) and len(pending) < ahead:
-                    y, x = flat[cursor]
-                    pending.append(pool.submit(read, x, y))
+                nonlocal cursor, queued
+                while cursor < len(plan) and (queued < ahead or not futures):
+                    y, xs = plan[cursor]
+                    futures.append((cursor, pool.submit(read_row, y, xs)))
+                    queued += len(xs)
                     cursor += 1
 
+            def take(n: int) -> list[tuple[int, int, np.ndarray]]:
+                nonlocal queued
+                t0 = time.perf_counter()
+                while len(ready) < n and (futures or cursor < len(plan)):
+                    fill()
+                    r, fut = futures.popleft()
+                    tiles = fut.result()
+                    queued -= len(tiles)
+                    ready.extend((r, x, tile) for x, tile in zip(plan[r][1], tiles))
+                    fill()
+                timings["read"] += time.perf_counter() - t0
+                return [ready.popleft() for _ in range(min(n, len(ready)))]
+
             fill()
-            for r, (y, xs) in enumerate(plan):
+            done, next_row = 0, 0
+            pending: list[Strip] = []
+            start = time.perf_counter()
+            while True:
                 self.cancel.check()
-                if y > buf_y:
-                    # Rows above y are complete and already emitted: move the rest of the accumulator up.
-                    shift = y - buf_y
-                    if shift < t:
-                        acc[:, : t - shift] = acc[:, shift:]
-                        wsum[: t - shift] = wsum[shift:]
-                        acc[:, t - shift:] = 0
-                        wsum[t - shift:] = 0
-                    else:
-                        acc[:] = 0
-                        wsum[:] = 0
-                    buf_y = y
-                for b in range(0, len(xs), self.batch_size):
-                    group = xs[b: b + self.batch_size]
-                    batch = []
-                    for _ in group:
-                        batch.append(pending.popleft().result())
-                        fill()
-                    probs = self.backend(np.stack(batch))
-                    probs *= self.window
-                    for x, p in zip(group, probs):
-                        acc[:, :, x - ax0: x - ax0 + t] += p
-                        wsum[:, x - ax0: x - ax0 + t] += self.window
-                    done += len(group)
-                    elapsed = time.perf_counter() - start
-                    self.emit("tiles", image=label, done=done, total=total,
-                              tiles_per_second=done / elapsed if elapsed > 0 else None)
-                yield from emit_rows(grid.final_row_end(r, rows))
-        yield from emit_rows(y1)
+                batch = take(self.batch_size)
+                if not batch:
+                    break
+                t0 = time.perf_counter()
+                probs = blender.run(self.backend, [tile for _, _, tile in batch])
+                t1 = time.perf_counter()
+                timings["model"] += t1 - t0
+                # The strips finished by the previous batch go out now, while this one computes.
+                for out in pending:
+                    yield out
+                pending = []
+                t2 = time.perf_counter()
+                timings["write"] += t2 - t1
+                for i, (r, x, _) in enumerate(batch):
+                    while next_row <= r:
+                        out = start_row(next_row)
+                        if out is not None:
+                            pending.append(out)
+                        next_row += 1
+                    blender.add(probs, i, x - ax0)
+                timings["blend"] += time.perf_counter() - t2
+                done += len(batch)
+                elapsed = time.perf_counter() - start
+                self.emit("tiles", image=label, done=done, total=total,
+                          tiles_per_second=done / elapsed if elapsed > 0 else None)
+            while next_row < len(plan):
+                out = start_row(next_row)
+                if out is not None:
+                    pending.append(out)
+                next_row += 1
+            for until in (grid.final_row_end(len(rows) - 1, rows), y1):
+                out = strip(until)
+                if out is not None:
+                    pending.append(out)
+            for out in pending:
+                t1 = time.perf_counter()
+                yield out
+                timings["write"] += time.perf_counter() - t1
+
+    def _device_blender(self, width: int, pre: Any, stats: ChannelStats) -> Any:
+        from .gpu import DeviceBlender, PinnedUploader, TorchNormalizer
+
+        backend: Any = self.backend
+        blender = DeviceBlender(self.n_classes, self.tile, width, self.window, backend.dev, self.keep_probabilities)
+        blender.upload = PinnedUploader(backend.dev)
+        blender.normalize = TorchNormalizer(pre, stats, pre.n_inputs, backend.dev)
+        return blender
+
+
+class _HostBlender:
+    """The accumulator of one row of tiles in host memory (numpy): probabilities weighted by the blending window,
+    and the summed weights."""
+
+    def __init__(self, n_classes: int, tile: int, width: int, window: np.ndarray):
+        self.tile = tile
+        self.window = window
+        self.acc = np.zeros((n_classes, tile, width), np.float32)
+        self.wsum = np.zeros((tile, width), np.float32)
+
+    def run(self, backend: Backend, tiles: list[np.ndarray]) -> np.ndarray:
+        probs = backend(np.stack(tiles))
+        probs *= self.window
+        return probs
+
+    def add(self, probs: np.ndarray, i: int, x: int) -> None:
+        t = self.tile
+        self.acc[:, :, x: x + t] += probs[i]
+        self.wsum[:, x: x + t] += self.window
+
+    def shift(self, rows: int) -> None:
+        t = self.tile
+        if rows < t:
+            self.acc[:, : t - rows] = self.acc[:, rows:]
+            self.wsum[: t - rows] = self.wsum[rows:]
+            self.acc[:, t - rows:] = 0
+            self.wsum[t - rows:] = 0
+        else:
+            self.acc[:] = 0
+            self.wsum[:] = 0
+
+    def strip(self, y: int, n_rows: int, lo: int, hi: int, c0: int, c1: int) -> Strip:
+        """Rows [y, y + n_rows) of columns [c0, c1): accumulator rows [lo, hi) fill the last ``hi - lo`` of them;
+        rows above were never computed."""
+        probs = np.zeros((self.acc.shape[0], n_rows, c1 - c0), np.float32)
+        computed = np.zeros((n_rows, c1 - c0), bool)
+        if hi > lo:
+            a = self.acc[:, lo:hi, c0:c1]
+            w = self.wsum[lo:hi, c0:c1]
+            ok = w > 0
+            start = n_rows - (hi - lo)
+            np.divide(a, w, out=probs[:, start:], where=ok)
+            computed[start:] = ok
+        return Strip(y, probs, computed)

@@ -28,7 +28,7 @@ TRAINING_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     )),
     ("Architecture", ("architecture", "backbone")),
     ("Training parameters", ("epochs", "batch_size", "learning_rate", "weight_decay")),
-    ("Training strategy", ("scheduler", "loss", "early_stop_metric", "early_stop_patience", "mixed_precision")),
+    ("Training strategy", ("scheduler", "loss", "early_stop_metric", "early_stop_patience", "precision")),
     ("Transfer learning", ("pretrained", "freeze")),
     ("Data augmentation (training tiles only)", ("augment",)),
     ("Channels and classes", ("channels", "classes", "class_weights")),

@@ -22,8 +22,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bf16 where the GPU supports it, else fp16; None (full precision) off CUDA or when disabled."""
-    if not enabled or device.type != "cuda":
+def autocast_dtype(device: torch.device, precision: str | bool) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` (``bf16``, ``fp16``, ``fp32``; True/False as bf16/fp32) on ``device``:
+    bf16 where the GPU supports it, else fp16; None (full precision) off CUDA or for fp32."""
+    if isinstance(precision, bool):
+        precision = "bf16" if precision else "fp32"
+    if precision == "fp32" or device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "bf16" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def precision_name(amp: torch.dtype | None) -> str:
+    """The name recorded with a result: ``bf16``, ``fp16`` or ``fp32``."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp, "fp32")  # type: ignore[arg-type]

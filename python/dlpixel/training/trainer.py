@@ -1,4 +1,10 @@
-"""The training loop: AdamW, a learning-rate schedule, mixed precision on CUDA, early stopping with best weights."""
+"""The training loop: AdamW, a learning-rate schedule, bf16/fp16/fp32 precision on CUDA, early stopping with best
+weights.
+
+On a GPU the loop never waits for the device inside an epoch except every ``log_every`` batches: the loss is summed
+on the device and read (and checked for non-finite values) only then; validation counts its confusion matrix on the
+device and reads it once per epoch.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import TrainingConfig
 from ..data.patches import UNLABELLED, PatchCache
 from ..errors import Cancelled, TrainingError
-from ..runtime.device import autocast_dtype, resolve_device
+from ..runtime.device import autocast_dtype, precision_name, resolve_device
 from ..runtime.events import CancelToken, Emitter
 
 Augment = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
@@ -46,7 +52,7 @@ class PatchDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self.indices[i]
-        image = self.cache.images[idx]
+        image = self.cache.input(idx) if hasattr(self.cache, "input") else self.cache.images[idx]
         mask = self.cache.masks[idx]
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, idx])
@@ -117,21 +123,33 @@ def evaluate(
     device: torch.device,
     amp: torch.dtype | None,
 ) -> tuple[float, Any]:
-    """Validation loss (mean over batches) and the confusion matrix over labelled pixels, in eval mode."""
+    """Validation loss (mean over batches) and the confusion matrix over labelled pixels, in eval mode, in the
+    training precision; both summed on the device and read once."""
     from .metrics import ConfusionMatrix
 
     model.eval()
     cm = ConfusionMatrix(n_classes)
-    total, batches = 0.0, 0
+    k = n_classes
+    counts = torch.zeros(k * k + 1, dtype=torch.int64, device=device)
+    total = torch.zeros((), dtype=torch.float32, device=device)
+    batches = 0
+    cuda = device.type == "cuda"
     with torch.inference_mode():
         for x, y in loader:
-            x, y = x.to(device), y.to(device)
+            x, y = x.to(device, non_blocking=cuda), y.to(device, non_blocking=cuda)
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits = model(x)
-            total += float(loss_fn(logits.float(), y))
+            total += loss_fn(logits.float(), y).detach()
             batches += 1
-            cm.update(logits.argmax(1), y)
-    return total / max(batches, 1), cm
+            pred = logits.argmax(1)
+            # Unlabelled pixels go to the extra bin k*k; no data-dependent shapes, so no wait for the device.
+            labelled = (y >= 0) & (y < k)
+            idx = torch.where(labelled, y * k + pred, torch.full_like(y, k * k))
+            counts.scatter_add_(0, idx.reshape(-1), torch.ones_like(idx.reshape(-1)))
+    cm._counts += counts[: k * k].reshape(k, k).cpu().numpy()
+    return float(total) / max(batches, 1), cm
 
 
 def fit(
@@ -155,10 +173,14 @@ def fit(
     cancel = cancel or CancelToken()
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    amp = autocast_dtype(device, cfg.mixed_precision)
+    amp = autocast_dtype(device, cfg.precision)
     model = model.to(device)
-    if device.type == "cuda":
+    cuda = device.type == "cuda"
+    if cuda:
         model = model.to(memory_format=torch.channels_last)
+    # The compiled module shares its parameters with ``model``; the state dicts are taken from ``model``.
+    net = torch.compile(model) if cfg.compile and cuda else model
+    log_every = cfg.log_every if cuda else 1
 
     augment = build_augmentation(cfg.augment, cfg.tile_size, seed=cfg.seed)
     train_ds = PatchDataset(cache, train_idx, augment, seed=cfg.seed)
@@ -166,11 +188,14 @@ def fit(
     generator = torch.Generator().manual_seed(cfg.seed)
     pin = device.type == "cuda"
     batch = min(cfg.batch_size, len(train_ds))
+    workers = cfg.num_workers
     train_loader = DataLoader(
         train_ds, batch_size=batch, shuffle=True, drop_last=len(train_ds) > batch and len(train_ds) % batch == 1,
-        num_workers=cfg.num_workers, pin_memory=pin, generator=generator, worker_init_fn=_worker_init,
+        num_workers=workers, pin_memory=pin, generator=generator, worker_init_fn=_worker_init,
+        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
     )
-    val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, num_workers=0, pin_memory=pin)
+    val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, num_workers=min(workers, 2),
+                            pin_memory=pin, persistent_workers=min(workers, 2) > 0)
 
     weights = torch.as_tensor(class_weights, dtype=torch.float32, device=device)
     loss_fn = build_loss(cfg.loss, weights, ignore_index=UNLABELLED)
@@ -186,40 +211,50 @@ def fit(
     stopped_early = False
     start = time.perf_counter()
     emit("stage", stage="training", message=f"training on {device.type} ({len(train_ds)} tiles, "
-         f"{len(val_ds)} for validation)", device=device.type, precision=str(amp).replace("torch.", "") if amp
-         else "float32")
+         f"{len(val_ds)} for validation)", device=device.type, precision=precision_name(amp))
     try:
         for epoch in range(1, cfg.epochs + 1):
             set_train_mode(model, frozen_blocks)
             train_ds.epoch = epoch
-            running, seen = 0.0, 0
+            running = torch.zeros((), dtype=torch.float32, device=device)
+            window = torch.zeros((), dtype=torch.float32, device=device)
+            seen, window_n, n_batches = 0, 0, len(train_loader)
             for step, (x, y) in enumerate(train_loader, 1):
                 cancel.check()
                 x = x.to(device, non_blocking=pin)
                 y = y.to(device, non_blocking=pin)
-                if device.type == "cuda":
+                if cuda:
                     x = x.contiguous(memory_format=torch.channels_last)
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    logits = model(x)
+                    logits = net(x)
                 loss = loss_fn(logits.float(), y)
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"the loss became {float(loss)} at epoch {epoch}, batch {step}; lower learning_rate "
-                        f"(now {cfg.learning_rate}) or check the annotations and normalization"
-                    )
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
                 if step_on == "batch":
                     scheduler.step()
-                value = float(loss.detach())
-                running += value * len(x)
+                detached = loss.detach()
+                running += detached * len(x)
+                window += detached
                 seen += len(x)
-                emit("batch", epoch=epoch, batch=step, batches=len(train_loader), loss=value)
+                window_n += 1
+                if step % log_every == 0 or step == n_batches:
+                    # The one wait for the device: the mean loss of the last ``window_n`` batches.
+                    value = float(window) / window_n
+                    if not math.isfinite(value):
+                        first = step - window_n + 1
+                        where = f"batch {step}" if window_n == 1 else f"batches {first}-{step}"
+                        raise TrainingError(
+                            f"the loss became {value} at epoch {epoch}, {where}; lower learning_rate "
+                            f"(now {cfg.learning_rate}) or check the annotations and normalization"
+                        )
+                    emit("batch", epoch=epoch, batch=step, batches=n_batches, loss=value)
+                    window.zero_()
+                    window_n = 0
             cancel.check()
-            train_loss = running / max(seen, 1)
-            val_loss, cm = evaluate(model, val_loader, loss_fn, n_classes, device, amp)
+            train_loss = float(running) / max(seen, 1)
+            val_loss, cm = evaluate(net, val_loader, loss_fn, n_classes, device, amp)
             ious = cm.iou_per_class()
             mean_iou = float(cm.mean_iou())
             metric = mean_iou if maximise else val_loss
@@ -273,6 +308,6 @@ def fit(
         confusion=best_cm.matrix.tolist(),
         stopped_early=stopped_early,
         device=device.type,
-        precision=str(amp).replace("torch.", "") if amp else "float32",
+        precision=precision_name(amp),
         seconds=time.perf_counter() - start,
     )

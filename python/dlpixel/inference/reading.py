@@ -1,0 +1,57 @@
+"""Rows of inference tiles from one read of the strip they span.
+
+A row of overlapping tiles is read as one strip of map pixels (``data.geometry.read_pixels``, whose pixels depend
+only on their own square, so a tile cut from the strip equals the tile read alone) and cut in memory: overlapping
+pixels are read and decoded once. TIFF decoding (tifffile, imagecodecs) releases the GIL, so rows read by a pool
+of threads decode in parallel with the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..config import NormStrategy
+from ..data.base import ImageSource
+from ..data.geometry import read_pixels
+from ..data.preprocessing import ChannelStats, Preprocessing, normalize, read_tile
+
+MAX_STRIP_WASTE = 2.0
+"""A row whose kept tiles are sparse (a strip more than this many times their area) is read tile by tile."""
+
+
+def _raw_tile_with_context(source: ImageSource, pre: Preprocessing, downsample: float, x: int, y: int,
+                           size: int) -> np.ndarray:
+    """``read_tile`` without normalisation (float32): the same read, with the identity affine map."""
+    identity = pre.model_copy(update={"normalization": pre.normalization.model_copy(
+        update={"strategy": NormStrategy.z_score.value})})
+    n = len(pre.channels)
+    stats = ChannelStats(offset=[0.0] * n, scale=[1.0] * n)
+    return read_tile(source, identity, stats, downsample, x * downsample, y * downsample, size)
+
+
+def read_raw_row(source: ImageSource, pre: Preprocessing, downsample: float, xs: Sequence[int], y: int,
+                 size: int) -> list[np.ndarray]:
+    """Raw tiles (size, size, n_inputs) at map position (x, y) for each x of ``xs`` (ascending): the image's dtype
+    where map pixels are stored pixels, float32 where they are resampled. Equal to ``read_tile`` before
+    normalisation."""
+    if not xs:
+        return []
+    if pre.context_scale > 1:
+        return [_raw_tile_with_context(source, pre, downsample, x, y, size) for x in xs]
+    x0, x1 = xs[0], xs[-1] + size
+    if (x1 - x0) > MAX_STRIP_WASTE * size * len(xs):
+        return [np.ascontiguousarray(read_pixels(source, 0.0, 0.0, downsample, x, y, size, size, pre.channels))
+                for x in xs]
+    strip = read_pixels(source, 0.0, 0.0, downsample, x0, y, x1 - x0, size, pre.channels)
+    return [np.ascontiguousarray(strip[:, x - x0: x - x0 + size]) for x in xs]
+
+
+def normalize_raw(raw: np.ndarray, pre: Preprocessing, stats: ChannelStats) -> np.ndarray:
+    """``normalize`` of a raw tile of ``read_raw_row`` (context channels with the same statistics), as
+    ``read_tile`` does."""
+    n = len(stats.offset)
+    if raw.shape[-1] == n:
+        return normalize(raw, pre, stats)
+    return np.concatenate([normalize(raw[..., i: i + n], pre, stats) for i in range(0, raw.shape[-1], n)], -1)

@@ -1,0 +1,183 @@
+"""The device path of apply and training, run on CPU tensors and compared with the numpy path it replaces on a GPU:
+the same normalisation, the same blended probabilities and class maps, the same raw tiles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import CLASSES, strokes_from_truth, synthetic_image, write_folder_project
+from dlpixel.classifiers.metadata import ClassifierMetadata, ClassInfo
+from dlpixel.config import InferenceConfig, NormalizationConfig, TrainingConfig
+from dlpixel.data.images import FileImageSource, write_ome_tiff
+from dlpixel.data.preprocessing import ChannelStats, Preprocessing, image_stats, normalize, read_tile, stats_for
+from dlpixel.inference.gpu import NOT_COMPUTED, normalize_torch
+from dlpixel.inference.predictor import Predictor, TorchBackend
+from dlpixel.inference.reading import normalize_raw, read_raw_row
+from dlpixel.projects import open_project
+from dlpixel.runtime.device import autocast_dtype, precision_name
+
+STRATEGIES = ["percentile_99", "min_max", "z_score", "fixed_range"]
+
+
+def _pixels(dtype: type, rng: np.random.Generator) -> np.ndarray:
+    if dtype is np.float32:
+        return rng.normal(100, 40, (16, 12, 3)).astype(np.float32)
+    top = 255 if dtype is np.uint8 else 65535
+    return rng.integers(0, top + 1, (16, 12, 3)).astype(dtype)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_torch_normalisation_equals_numpy(strategy, per_channel, dtype):
+    rng = np.random.default_rng(7)
+    raw = _pixels(dtype, rng)
+    bounds = {"min": 10.0, "max": 200.0} if strategy == "fixed_range" else {}
+    norm = NormalizationConfig(strategy=strategy, per_channel=per_channel, **bounds)
+    pre = Preprocessing(channels=[0, 1, 2], channel_names=["a", "b", "c"], normalization=norm)
+    from dlpixel.data.preprocessing import _stats_from_pixels
+
+    stats = _stats_from_pixels(raw.reshape(-1, 3), norm)
+    want = normalize(raw, pre, stats)
+    # NHWC permuted to NCHW, as the device path uploads it.
+    got = normalize_torch(torch.from_numpy(raw)[None].permute(0, 3, 1, 2), pre, stats)
+    assert got.dtype == torch.float32
+    assert np.array_equal(got[0].permute(1, 2, 0).numpy(), want)
+    # A float32 input is not modified in place.
+    if dtype is np.float32:
+        copy = raw.copy()
+        normalize_torch(torch.from_numpy(raw)[None].permute(0, 3, 1, 2), pre, stats)
+        assert np.array_equal(raw, copy)
+
+
+def test_context_channels_use_the_same_statistics():
+    rng = np.random.default_rng(1)
+    raw = np.concatenate([_pixels(np.uint8, rng), _pixels(np.uint8, rng)], -1)
+    pre = Preprocessing(channels=[0, 1, 2], channel_names=["a", "b", "c"], normalization=NormalizationConfig(),
+                        context_scale=2)
+    stats = ChannelStats(offset=[3.0, 4.0, 5.0], scale=[200.0, 180.0, 90.0])
+    want = normalize_raw(raw, pre, stats)
+    assert np.array_equal(want[..., 3:], normalize(raw[..., 3:], pre, stats))
+    got = normalize_torch(torch.from_numpy(raw)[None].permute(0, 3, 1, 2), pre, stats)
+    assert np.array_equal(got[0].permute(1, 2, 0).numpy(), want)
+
+
+@pytest.fixture(scope="module")
+def pyramid(tmp_path_factory):
+    """A 300 × 260 RGB pyramidal OME-TIFF with a level at downsample 2."""
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 256, (260, 300, 3)).astype(np.uint8)
+    return write_ome_tiff(tmp_path_factory.mktemp("pyr") / "p.ome.tif", img, pixel_size_um=0.5)
+
+
+@pytest.mark.parametrize("ds", [1.0, 2.0, 1.5, 3.0])
+@pytest.mark.parametrize("context", [1, 2])
+def test_tiles_cut_from_a_strip_equal_tiles_read_alone(pyramid, ds, context):
+    src = FileImageSource(pyramid)
+    pre = Preprocessing(channels=[2, 0], channel_names=["Red", "Green", "Blue"], normalization=NormalizationConfig(),
+                        context_scale=context)
+    stats = image_stats(src, pre)
+    xs, y = [0, 24, 48, 100], 40  # overlapping, and past the right edge at coarse downsamples
+    raws = read_raw_row(src, pre, ds, xs, y, 64)
+    for x, raw in zip(xs, raws):
+        assert raw.shape == (64, 64, 2 * context)
+        want = read_tile(src, pre, stats, ds, x * ds, y * ds, 64)
+        assert np.array_equal(normalize_raw(raw, pre, stats), want)
+    if ds == 1.0 and context == 1:
+        assert raws[0].dtype == np.uint8  # stored pixels travel in the image's dtype
+
+
+class _Pointwise(torch.nn.Module):
+    """A fixed 1×1 convolution (per-pixel model) or 3×3 (a receptive field that crosses tile borders)."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        torch.manual_seed(4)
+        self.conv = torch.nn.Conv2d(3, 3, k, padding=k // 2)
+        with torch.no_grad():
+            self.conv.weight.mul_(4)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+@pytest.fixture(scope="module")
+def known(tmp_path_factory):
+    img, truth = synthetic_image()
+    folder = write_folder_project(tmp_path_factory.mktemp("gpu") / "project",
+                                  {"synthetic.tif": (img, strokes_from_truth(truth))})
+    names = ["Red", "Green", "Blue"]
+    meta = ClassifierMetadata(
+        name="known", input_channels=names, tile_size=64, downsample=1.0,
+        classes=[ClassInfo(index=i, name=n, color=(200, 10 * i, 0)) for i, n in enumerate(CLASSES)],
+        preprocessing=Preprocessing(channels=[0, 1, 2], channel_names=names, normalization=NormalizationConfig()),
+        training=TrainingConfig(), labelled_pixels={}, class_weights={})
+    return folder, meta
+
+
+def _run(meta, folder, backend, on_device, batch, window=None, keep=None, probabilities=True):
+    src = open_project(folder).image("synthetic.tif").open()
+    p = Predictor(backend, meta, 64, 16, batch_size=batch, on_device=on_device)
+    p.keep_probabilities = probabilities
+    strips = list(p.strips(src, stats_for(src, meta.preprocessing), window, keep))
+    assert set(p.timings) == {"read", "model", "blend", "write"}
+    return strips
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("batch", [1, 7])
+def test_device_path_gives_the_host_path_class_map_and_probabilities(known, k, batch):
+    """Batches of 7 span rows of five tiles; a window and a tile filter leave pixels uncomputed."""
+    folder, meta = known
+    backend = TorchBackend(_Pointwise(k), "cpu", "fp32")
+    for window, keep in [(None, None), ((30, 50, 250, 230), lambda x, y: (x // 48 + y // 48) % 3 != 0)]:
+        host = _run(meta, folder, backend, False, 5, window, keep)
+        dev = _run(meta, folder, backend, True, batch, window, keep)
+        assert [s.y for s in host] == [s.y for s in dev]
+        h_classes = np.concatenate([s.classes() for s in host])
+        d_classes = np.concatenate([s.classes() for s in dev])
+        assert d_classes.dtype == np.uint8 and np.array_equal(h_classes, d_classes)
+        assert np.array_equal(np.concatenate([s.computed for s in host]), np.concatenate([s.computed for s in dev]))
+        diff = np.abs(np.concatenate([s.probabilities for s in host]) - np.concatenate([s.probabilities for s in dev]))
+        assert diff.max() <= 1e-6
+        if keep is not None:
+            assert (h_classes == NOT_COMPUTED).any() and (h_classes != NOT_COMPUTED).any()
+
+
+def test_device_strips_without_probabilities_carry_only_classes(known):
+    folder, meta = known
+    backend = TorchBackend(_Pointwise(1), "cpu", "fp32")
+    strips = _run(meta, folder, backend, True, 8, probabilities=False)
+    assert strips and all(s.classes().shape[1] == 320 for s in strips)
+    with pytest.raises(RuntimeError):
+        strips[0].probabilities
+
+
+def test_precision_setting_and_old_metadata():
+    assert TrainingConfig(mixed_precision=False).precision == "fp32"
+    assert TrainingConfig.model_validate({"mixed_precision": True}).precision == "bf16"
+    assert "mixed_precision" not in TrainingConfig().model_dump()
+    assert InferenceConfig(precision="fp16").precision == "fp16"
+    with pytest.raises(Exception):
+        InferenceConfig(precision="fp8")
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, "bf16") is None and precision_name(autocast_dtype(cpu, "fp16")) == "fp32"
+    assert TorchBackend(_Pointwise(1), "cpu", "bf16").precision == "fp32"
+
+
+def test_patch_cache_keeps_raw_pixels_and_normalises_them_as_read_tile(known):
+    from dlpixel.data.patches import extract_patches
+
+    folder, meta = known
+    project = open_project(folder)
+    image = project.image("synthetic.tif")
+    src = image.open()
+    pre = meta.preprocessing
+    stats = stats_for(src, pre)
+    shapes = image.annotations()
+    cache = extract_patches([src], [shapes], [stats], pre, {c: i for i, c in enumerate(CLASSES)}, 64, 1.0, 0, 3)
+    assert len(cache) > 0 and cache.raw.dtype == np.uint8
+    for k, t in enumerate(cache.tiles[:4]):
+        want = read_tile(src, pre, stats, 1.0, t.x, t.y, 64).transpose(2, 0, 1)
+        assert np.array_equal(cache.images[k], want)
