@@ -1,8 +1,8 @@
 """The package's layers: no import circles, few imports that run up the layers, few loose modules.
 
 The layers, lowest first (docs/ARCHITECTURE.md draws them): errors, settings; data, models, runtime; classifiers;
-report; training, inference; qupath; projects; requests, demo, docs; cli. Imports under ``if TYPE_CHECKING`` are for
-type checkers only and do not count.
+report; training, inference; qupath; projects; requests, demo, docs, batch; cli. Imports under ``if TYPE_CHECKING``
+are for type checkers only and do not count.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ LAYER = {
     "training": 5, "inference": 5,
     "qupath": 6,
     "projects": 7,
-    "requests": 8, "demo": 8, "docs_gen": 8,
+    "requests": 8, "demo": 8, "docs_gen": 8, "batch": 8,
     "cli": 9,
     "__init__": 10, "__main__": 10,
 }

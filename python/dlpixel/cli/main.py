@@ -225,10 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_request)
 
     from . import apply as inference_cli
-    from . import bench, script
+    from . import batch, bench, script
     from . import qupath as qupath_cli
 
-    for module in (inference_cli, script, qupath_cli, bench):
+    for module in (inference_cli, script, qupath_cli, bench, batch):
         module.register_cli(sub)
     p = sub.add_parser("qupath", help="QuPath: install the scripts and menu, launch QuPath with the bridge")
     qsub = p.add_subparsers(dest="qupath_command", required=True)
