@@ -9,6 +9,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("DLPIXEL_OFFLINE", "1")
+# `dlpixel qupath install` records where it put the helper under $XDG_CONFIG_HOME: never the user's own.
+os.environ["XDG_CONFIG_HOME"] = __import__("tempfile").mkdtemp(prefix="dlpixel-test-config-")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

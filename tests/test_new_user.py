@@ -3,13 +3,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
-from conftest import CLASSES
-from dlpixel.cli.main import main
+import pytest
+from conftest import CLASSES, strokes_from_truth, synthetic_image, write_folder_project
 from dlpixel.classifiers import store
+from dlpixel.cli.main import main
 
 
 FAST = ["--set", "backbone=efficientnet-lite0", "--set", "tile_size=64", "--set", "batch_size=4", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """A folder project with one classifier 'tiny' (one epoch), shared by the tests that only read it."""
+    img, truth = synthetic_image(192)
+    folder = write_folder_project(tmp_path_factory.mktemp("tiny") / "project",
+                                  {"synthetic.tif": (img, strokes_from_truth(truth, per_class=6))})
+    assert main(["train", "--project", str(folder), "--name", "tiny", *FAST, "--set", "epochs=1"]) == 0
+    return folder
 
 
 def test_a_class_left_without_training_pixels_by_the_split_stops_training_with_its_name(synthetic_project,
@@ -44,7 +57,6 @@ def test_channels_are_found_by_name_wherever_they_sit_in_each_image(tmp_path, mo
     import json
 
     import dlpixel.training.run as run
-    from conftest import strokes_from_truth, synthetic_image
     from dlpixel.data.images import write_ome_tiff
 
     img, truth = synthetic_image(192)
@@ -79,3 +91,47 @@ def test_channels_are_found_by_name_wherever_they_sit_in_each_image(tmp_path, mo
     assert entry.metadata.input_channels == ["DAB", "Eosin"]
     # Every channel (no names chosen) needs the same channels in each image, in any order.
     assert main(["train", "--project", str(folder), "--name", "n", *FAST, "--set", "epochs=1"]) == 0
+
+
+def test_scripts_name_the_project_absolute_and_apply_refuses_a_missing_classifier(tiny, monkeypatch, capsys):
+    """QuPath's script editor runs in QuPath's working folder: a relative --project is written absolute."""
+    monkeypatch.chdir(tiny.parent)
+    assert main(["script", "apply", "--project", tiny.name, "--classifier", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert f"def project = '{tiny.resolve()}'" in out
+    assert main(["script", "train", "--project", tiny.name, "--name", "again"]) == 0
+    assert f"def project = '{tiny.resolve()}'" in capsys.readouterr().out
+    assert main(["script", "apply", "--project", tiny.name, "--classifier", "nope"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error: no classifier named 'nope'")
+
+
+def test_models_show_open_with_a_relative_project(tiny, monkeypatch, capsys):
+    report = tiny / "classifiers" / "dl" / "tiny" / store.REPORT
+    if not report.exists():  # the report is tested in test_report.py; here only how it is opened
+        report.write_text("<html></html>")
+    monkeypatch.chdir(tiny.parent)
+    opened = []
+    monkeypatch.setattr("webbrowser.open", opened.append)
+    assert main(["models", "show", "tiny", "--project", tiny.name, "--open"]) == 0
+    assert opened == [(tiny.resolve() / "classifiers" / "dl" / "tiny" / store.REPORT).as_uri()]
+
+
+def test_scripts_find_the_helper_where_qupath_install_put_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    from dlpixel.qupath.scripting import default_helper_path
+
+    default = default_helper_path()
+    assert default == tmp_path / "home" / "QuPath" / "dlpixel" / "DLPixel.groovy"
+    assert main(["script", "apply", "--classifier", "c"]) == 0
+    assert repr(str(default)) in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path)
+    assert main(["qupath", "install", "--user-dir", "lab QuPath"]) == 0
+    helper = tmp_path / "lab QuPath" / "dlpixel" / "DLPixel.groovy"
+    assert helper.is_file() and str(helper) in capsys.readouterr().out
+    assert main(["script", "apply", "--classifier", "c"]) == 0
+    out = capsys.readouterr().out
+    assert repr(str(helper)) in out and repr(str(default)) not in out
+    assert main(["script", "train", "--name", "c", "--helper", "mine/DLPixel.groovy"]) == 0
+    assert repr(str(tmp_path / "mine" / "DLPixel.groovy")) in capsys.readouterr().out

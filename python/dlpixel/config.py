@@ -298,7 +298,9 @@ class TrainingConfig(_Settings):
 class InferenceConfig(_Settings):
     """Settings of ``dlpixel apply``; a None takes the classifier's own value."""
 
-    output: Literal["measurements", "objects", "map", "probabilities"] = "measurements"
+    output: Literal["measurements", "objects", "map", "probabilities", "overlay"] = "measurements"
+    """``overlay``: the class map (as ``map``) and a PNG of it in the class colours that QuPath's helper shows on
+    the open image (``DLPixel.applyOverlay``)."""
     scope: Literal["annotations", "selected", "image"] = "annotations"
     """Where to compute: every classified or unclassified annotation, the selected ones (QuPath only), or the
     whole image."""
@@ -310,8 +312,9 @@ class InferenceConfig(_Settings):
     backend: Literal["auto", "torch", "onnx"] = "auto"
     reader_threads: int = 2
     object_type: Literal["detection", "annotation"] = "detection"
-    min_object_area: float = 0.0
-    """Smallest object kept, in µm² when the image is calibrated, else px²."""
+    min_object_area: float | None = None
+    """Smallest object kept, in µm² when the image is calibrated, else px²; None = 9 pixels at the classifier's
+    resolution (a 3 × 3 block), which drops the specks of one to a few pixels a class map has along borders."""
     min_hole_area: float = 0.0
     """Smallest hole kept inside an object, in µm² when calibrated, else px²."""
     simplify: float = 0.0

@@ -129,7 +129,8 @@ GUIDANCE: dict[str, str] = {
     "device": "Leave `auto` unless you need to keep a GPU free.",
     # inference
     "inference.output": "`measurements` to quantify regions, `objects` to see and count regions in QuPath, `map` for "
-    "a whole-slide overlay, `probabilities` for further analysis.",
+    "a class-map image of the whole slide, `overlay` to see the map on the open image in QuPath, `probabilities` for "
+    "further analysis.",
     "inference.scope": "`image` for whole slides; `annotations` to measure regions you drew; `selected` from "
     "QuPath only.",
     "inference.tile_size": "Larger tiles keep a GPU busier; the classifier's own size is safe.",
@@ -141,7 +142,8 @@ GUIDANCE: dict[str, str] = {
     "inference.object_type": "`detection` for many objects (lighter in QuPath); `annotation` when you want to edit "
     "inference.precision": "Leave `bf16` on a GPU (about 2× the tiles/s of fp32 on tensor cores).",
     "them.",
-    "inference.min_object_area": "Drops specks, e.g. 20 µm².",
+    "inference.min_object_area": "Leave unset (9 classifier pixels) or raise to the smallest region that matters, "
+    "e.g. 20 µm²; 0 keeps every speck.",
     "inference.min_hole_area": "Fills small holes inside objects.",
     "inference.simplify": "0 keeps exact pixel outlines; 1–2 px gives lighter polygons for large slides.",
 }

@@ -9,8 +9,8 @@ from typing import Literal
 
 import numpy as np
 
-from ..config import NormalizationConfig, validate_name
-from ..data.preprocessing import Preprocessing
+from ..config import NormalizationConfig, NormStrategy, validate_name
+from ..data.preprocessing import Preprocessing, fixed_stats
 from ..errors import ClassifierError, ConfigError
 from . import store
 from .metadata import PALETTE, ClassifierMetadata, ClassInfo, WeightProvenanceInfo, software_versions
@@ -80,6 +80,17 @@ def import_onnx(
     check_onnx(onnx_path, len(channels), len(classes), tile_size)
     from ..models.pretrained import sha256_of
 
+    norm = normalization or NormalizationConfig()
+    fixed = None
+    if not norm.image_level:
+        # The same statistics for every image: an imported model has no training data to take them from, so only
+        # a fixed range (the one the model was trained with) can give them.
+        if norm.strategy != NormStrategy.fixed_range.value:
+            raise ConfigError("an imported classifier has no training data for normalization.image_level=false: "
+                              "set normalization.strategy=fixed_range with the min and max the model was trained "
+                              "with, or normalization.image_level=true")
+        fixed = fixed_stats(norm, len(channels))
+
     meta = ClassifierMetadata(
         name=name,
         description=description,
@@ -90,7 +101,7 @@ def import_onnx(
         downsample=downsample,
         pixel_size_um=pixel_size_um,
         preprocessing=Preprocessing(channels=list(range(len(channels))), channel_names=channels,
-                                    normalization=normalization or NormalizationConfig()),
+                                    normalization=norm, dataset_stats=fixed),
         output=outputs,
         weights=WeightProvenanceInfo(source=f"imported ONNX file {onnx_path.name}", sha256=sha256_of(onnx_path)),
         software=software_versions(),

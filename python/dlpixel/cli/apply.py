@@ -52,7 +52,7 @@ def register_cli(sub: Any) -> None:
     add_project_flags(p)
     p.add_argument("--classifier", required=True, help="name of the classifier in the project")
     p.add_argument("--image", action="append", help="image to process (repeat; default: every image)")
-    p.add_argument("--output", choices=["measurements", "objects", "map", "probabilities"],
+    p.add_argument("--output", choices=["measurements", "objects", "map", "probabilities", "overlay"],
                    help="what to write (default: measurements)")
     p.add_argument("--scope", choices=["annotations", "selected", "image"],
                    help=" ".join((fields["scope"].description or "").split()) or None)
@@ -62,7 +62,8 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--backend", choices=["auto", "torch", "onnx"])
     p.add_argument("--object-type", choices=["detection", "annotation"])
-    p.add_argument("--min-object-area", type=float, help="µm² when calibrated, else px²")
+    p.add_argument("--min-object-area", type=float, help="µm² when calibrated, else px² (default: 9 pixels at the "
+                   "classifier's resolution)")
     p.add_argument("--min-hole-area", type=float, help="µm² when calibrated, else px²")
     p.add_argument("--simplify", type=float, help="polygon simplification tolerance in pixels")
     p.add_argument("--config", help="JSON file of inference settings")

@@ -12,8 +12,15 @@ from typing import Any
 from .._version import __version__
 from ..classifiers import store
 from ..config import TrainingConfig, build_config, parse_overrides
-from ..errors import Cancelled, ConfigError, DlpixelError
-from .common import add_progress_flags, add_project_flags, cancel_on_sigint, listener_for, settings_layers
+from ..errors import Cancelled, ConfigError, DataError, DlpixelError
+from .common import (
+    add_progress_flags,
+    add_project_flags,
+    cancel_on_file,
+    cancel_on_sigint,
+    listener_for,
+    settings_layers,
+)
 
 
 def training_settings(args: argparse.Namespace) -> tuple[TrainingConfig, str | None]:
@@ -82,6 +89,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     from ..projects import project_root
 
     root = project_root(args.project)
+    if not root.is_dir():
+        raise DataError(f"project not found: {root}; pass a QuPath project (project.qpproj) or a folder project")
     if args.action == "list":
         entries = store.list_classifiers(root)
         if not entries:
@@ -108,7 +117,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             report = entry.path / store.REPORT
             if not report.exists():
                 raise ConfigError(f"'{args.name}' has no {store.REPORT} in {entry.path}; retrain it to get one")
-            webbrowser.open(report.as_uri())
+            webbrowser.open(report.resolve().as_uri())
         return 0
     if args.action == "delete":
         print(f"deleted {store.delete_classifier(root, args.name)}")
@@ -144,35 +153,80 @@ def _import_onnx(args: argparse.Namespace, root: Path) -> int:
     return 0
 
 
+def _reply(payload: dict[str, Any], code: int) -> int:
+    print(json.dumps(payload, default=str), flush=True)
+    return code
+
+
 def cmd_request(args: argparse.Namespace) -> int:
-    """Run one JSON request (from a file or stdin); with ``--events jsonl`` the reply is the last line."""
+    """Run one JSON request (from a file or stdin); with ``--events jsonl`` the reply is the last line. Whatever the
+    input, the reply is one JSON object: the result, or ``ok: false`` with a one-line error."""
     from ..requests import handle_request
+
+    def failed(message: str, code: int = 2) -> int:
+        print(f"error: {message}", file=sys.stderr)
+        return _reply({"event": "result", "ok": False, "error": message}, code)
 
     try:
         text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
-    except OSError as err:
-        raise ConfigError(f"cannot read the request file {args.file}: {err.strerror or err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        return failed(f"cannot read the request file {args.file}: {getattr(err, 'strerror', None) or err}")
     try:
         request = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ConfigError(f"the request is not valid JSON: {err}") from None
+        return failed(f"the request is not valid JSON: {err}")
+    except RecursionError:
+        return failed("the request is nested too deeply; send a flat JSON object with an 'action'")
     listener = listener_for(args)
     cancel = cancel_on_sigint()
+    cancel_on_file(cancel)
     try:
         result = handle_request(request, {}, [listener], cancel)
     except DlpixelError as err:
         getattr(listener, "close", lambda: None)()
-        print(json.dumps({"event": "result", "ok": False, "error": str(err)}), flush=True)
-        return 2
+        return failed(str(err))
+    except (OSError, RecursionError, MemoryError) as err:
+        getattr(listener, "close", lambda: None)()
+        return failed(system_error(err))
+    except KeyboardInterrupt:
+        getattr(listener, "close", lambda: None)()
+        return failed("interrupted; nothing was written", 130)
+    except Exception as err:  # noqa: BLE001 - the Groovy helper must always get a reply to show
+        getattr(listener, "close", lambda: None)()
+        return failed(f"internal error ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''});"
+                      " please report it with the request", 1)
     getattr(listener, "close", lambda: None)()
-    print(json.dumps({"event": "result", "ok": True, "result": result}, default=str), flush=True)
-    return 0
+    return _reply({"event": "result", "ok": True, "result": result}, 0)
+
+
+def system_error(err: BaseException) -> str:
+    """One line for an error of the system (disk, permissions, memory) with what to do about it."""
+    import errno
+
+    if isinstance(err, RecursionError):
+        return "the input is nested too deeply (JSON or GeoJSON); flatten it"
+    if isinstance(err, MemoryError):
+        return "out of memory; use a smaller tile_size or batch_size, or fewer images at a time"
+    assert isinstance(err, OSError)
+    where = f" ({err.filename})" if err.filename else ""
+    advice = {errno.ENOSPC: "free disk space", errno.EDQUOT: "free disk space", errno.EACCES: "make it writable",
+              errno.EPERM: "make it writable", errno.EROFS: "the file system is read-only: use a writable place",
+              errno.ENOENT: "check the path", errno.ENOTDIR: "a file stands where a folder is needed"}
+    return f"{err.strerror or err}{where}; {advice.get(err.errno or 0, 'check the path and the disk')}"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
-    return run_demo(Path(args.out), epochs=args.epochs, listener=listener_for(args), cancel=cancel_on_sigint())
+    if args.epochs is not None and args.epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1 (got {args.epochs})")
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create the demo folder {out} ({err.strerror or err}); choose another "
+                          "--out") from None
+    return run_demo(out, epochs=args.epochs, listener=listener_for(args), cancel=cancel_on_sigint())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,6 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)
         return 130
+    except (OSError, RecursionError, MemoryError) as err:
+        if args.debug:
+            raise
+        print(f"error: {system_error(err)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

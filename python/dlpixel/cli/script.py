@@ -18,6 +18,11 @@ def script_from_args(args: argparse.Namespace) -> str:
         config = build_config(TrainingConfig, *settings_layers(args), source="settings")
         return training_script(args.project, args.name, args.image or [], config, overwrite=args.overwrite,
                                helper=args.helper)
+    if args.project:
+        from ..classifiers import store
+        from ..projects import project_root
+
+        store.load_classifier(project_root(args.project), args.classifier)  # a one-line error when there is none
     flags = {k: v for k, v in (("output", args.output), ("scope", args.scope)) if v is not None}
     config = build_config(InferenceConfig, *settings_layers(args), flags, source="settings")
     return apply_script(args.project, args.classifier, args.image or [], config, helper=args.helper)

@@ -118,23 +118,24 @@ class FolderImage:
                 for a in annotations
             ]
             written.append(write_geojson(out / f"{self.stem}.annotations.geojson", merged, "annotation"))
-            written.append(write_text_atomic(out / f"{self.stem}.measurements.csv", _csv(annotations, measurements)))
+            written.append(write_text_atomic(out / f"{self.stem}.measurements.csv", _csv(self.name, annotations, measurements)))
         return written
 
     def __repr__(self) -> str:
         return f"FolderImage({str(self.path)!r}, annotations={str(self.geojson_path) if self.geojson_path else None})"
 
 
-def _csv(annotations: Sequence[LabelShape], measurements: Mapping[str, Mapping[str, float]]) -> str:
+def _csv(image: str, annotations: Sequence[LabelShape], measurements: Mapping[str, Mapping[str, float]]) -> str:
+    """One row per annotation; the first column names the image, so tables of several images can be joined."""
     columns: dict[str, None] = {}
     for values in measurements.values():
         columns.update(dict.fromkeys(values))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["id", "name", "class", *columns])
+    writer.writerow(["image", "id", "name", "class", *columns])
     for a in annotations:
         values = measurements.get(a.id or "", {})
-        row = [a.id or "", a.name or "", a.class_name or ""]
+        row = [image, a.id or "", a.name or "", a.class_name or ""]
         writer.writerow(row + [repr(float(values[c])) if c in values else "" for c in columns])
     return buffer.getvalue()
 

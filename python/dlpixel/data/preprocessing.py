@@ -135,10 +135,20 @@ def dataset_stats(samples: Sequence[np.ndarray], norm: NormalizationConfig) -> C
     return _stats_from_pixels(pooled, norm)
 
 
+def fixed_stats(norm: NormalizationConfig, n_channels: int) -> ChannelStats:
+    """The statistics of ``fixed_range``: the same for every image, no pixel read."""
+    return _stats_from_pixels(np.zeros((1, n_channels)), norm)
+
+
 def stats_for(source: ImageSource, pre: Preprocessing) -> ChannelStats:
     """The statistics to use for ``source``: its own (image-level) or the stored training dataset's."""
-    if pre.normalization.image_level or pre.dataset_stats is None:
+    if pre.normalization.image_level:
         return image_stats(source, pre)
+    if pre.dataset_stats is None:
+        if pre.normalization.strategy == NormStrategy.fixed_range.value:
+            return fixed_stats(pre.normalization, len(pre.channels))
+        raise ConfigError("the classifier normalises with the training data's statistics "
+                          "(normalization.image_level=false) but its metadata holds none; retrain or re-import it")
     return pre.dataset_stats
 
 

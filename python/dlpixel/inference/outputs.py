@@ -75,6 +75,20 @@ def measurement_names(
     return names
 
 
+DEFAULT_MIN_OBJECT_MAP_PIXELS = 9
+"""Without ``min_object_area``, objects smaller than this many map pixels (3 × 3 at the classifier's resolution) are
+dropped: a pixel classifier's class map carries isolated specks of one to a few pixels along class borders and in
+noise, which as objects would be thousands of one-pixel polygons; anything the classifier can resolve as a region
+spans more than a 3 × 3 block."""
+
+
+def default_min_object_area(downsample: float, pixel_size_um: float | None) -> float:
+    """The default smallest object (``DEFAULT_MIN_OBJECT_MAP_PIXELS`` map pixels) in the unit of
+    ``min_object_area``: µm² when the image is calibrated, else full-resolution px²."""
+    area_px = DEFAULT_MIN_OBJECT_MAP_PIXELS * float(downsample) ** 2
+    return area_px * (1.0 if pixel_size_um is None else float(pixel_size_um) ** 2)
+
+
 def _check_strip(y0: int, strip: np.ndarray, width: int | None, what: str) -> np.ndarray:
     strip = np.asarray(strip)
     if strip.ndim != 2:

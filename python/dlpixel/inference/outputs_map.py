@@ -27,6 +27,10 @@ from ..data.images import pyramid_factors
 
 MapKind = Literal["classes", "probabilities"]
 PREVIEW_MAX_SIZE = 2048
+OVERLAY_MAX_SIZE = 4096
+"""Longest side of the ``overlay`` PNG (RGBA, 64 MB in QuPath at most): maps larger than this are sampled every
+k-th map pixel, k the smallest whole factor that fits."""
+NOT_COMPUTED = 255
 
 
 def reduce_mode(rows: np.ndarray) -> np.ndarray:
@@ -62,10 +66,22 @@ class _Level:
         self.lengths = np.zeros((channels, self.n_ty, self.n_tx), np.int64)
 
 
+def ome_color(rgb: tuple[int, int, int]) -> int:
+    """An RGB colour as OME-XML writes it: RGBA packed into a signed 32-bit integer."""
+    r, g, b = (int(c) & 255 for c in rgb)
+    value = (r << 24) | (g << 16) | (b << 8) | 255
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
 class ClassMapWriter:
     """Stream a class map (``kind="classes"``, one channel of class indices) or class probabilities
     (``kind="probabilities"``, one uint8 channel per class) into a tiled pyramidal OME-TIFF, strip by strip from
-    the top; ``pixel_size_um`` is the map's own pixel size (full-resolution size × downsample)."""
+    the top; ``pixel_size_um`` is the map's own pixel size (full-resolution size × downsample), so QuPath places
+    the map on the slide. With ``class_names`` the OME-XML carries each class's name and colour: a MapAnnotation
+    ``class <index>`` → name, ``color <index>`` → ``#rrggbb`` for a class map; channel names and colours for
+    probabilities. ``overlay`` (classes only) also writes an RGBA PNG of the map in the class colours, transparent
+    where nothing was computed, and a JSON beside it with the full-resolution region it covers (``region``), for
+    QuPath's viewer (``DLPixel.showOverlay``)."""
 
     def __init__(
         self,
@@ -81,6 +97,9 @@ class ClassMapWriter:
         colors: Sequence[tuple[int, int, int]] | None = None,
         preview: str | Path | None = None,
         compression_level: int = 6,
+        class_names: Sequence[str] | None = None,
+        overlay: str | Path | None = None,
+        region: Sequence[float] | None = None,
     ) -> None:
         if kind not in ("classes", "probabilities"):
             raise ValueError(f"map kind must be 'classes' or 'probabilities', got {kind!r}")
@@ -100,6 +119,14 @@ class ClassMapWriter:
         self.colors = list(colors) if colors is not None else None
         self.preview = Path(preview) if preview is not None else None
         self.compression_level = compression_level
+        self.class_names = list(class_names) if class_names is not None else None
+        if overlay is not None and kind != "classes":
+            raise ValueError("an overlay is made from a class map")
+        self.overlay = Path(overlay) if overlay is not None else None
+        self.region = [float(v) for v in region] if region is not None else [0.0, 0.0, float(width), float(height)]
+        """(x, y, width, height) in full-resolution pixels that the map's pixels cover (map size × downsample)."""
+        self._overlay_step = max(1, math.ceil(max(width, height) / OVERLAY_MAX_SIZE))
+        self._overlay_rows: list[np.ndarray] = []
         self.factors = pyramid_factors(height, width, tile)
         self._levels = [_Level(height // f, width // f, channels, tile) for f in self.factors]
         self._reduce = reduce_mode if kind == "classes" else reduce_mean
@@ -131,6 +158,9 @@ class ClassMapWriter:
             raise ValueError(f"{self.path}: strip starts at row {y0}, expected row {self.rows_written}")
         if y0 + strip.shape[0] > self.height:
             raise ValueError(f"{self.path}: strip rows {y0}..{y0 + strip.shape[0]} run past the map's {self.height}")
+        if self.overlay is not None:
+            k = self._overlay_step
+            self._overlay_rows.append(strip[(-y0) % k:: k, ::k, 0].copy())
         self._push(0, strip)
 
     def _push(self, index: int, rows: np.ndarray) -> None:
@@ -216,12 +246,45 @@ class ClassMapWriter:
                 small = next((lv for lv in self._levels if max(lv.height, lv.width) <= PREVIEW_MAX_SIZE),
                              self._levels[-1])
                 _write_png(self.preview, self._preview_rgb(small))
+            if self.overlay is not None:
+                self._write_overlay()
         except BaseException:
             self.abort()
             raise
         self._release()
         self._done = True
         return self.path
+
+    def _write_overlay(self) -> None:
+        """The overlay PNG (every k-th map pixel, RGBA) and its JSON: where it lies on the image, in full-resolution
+        pixels, and the classes."""
+        import json
+
+        assert self.overlay is not None
+        classes = np.concatenate(self._overlay_rows) if self._overlay_rows else np.zeros((0, 0), np.uint8)
+        n = len(self.class_names) if self.class_names is not None else NOT_COMPUTED
+        rgba = np.zeros((*classes.shape, 4), np.uint8)
+        rgba[..., :3] = colorize(classes, self.colors)
+        rgba[..., 3] = np.where(classes < n, 255, 0)
+        with atomic_path(self.overlay) as tmp:
+            Image.fromarray(rgba, "RGBA").save(tmp, format="PNG")
+        k = self._overlay_step
+        x, y, w, h = self.region
+        sx, sy = w / self.width, h / self.height  # full-resolution pixels per map pixel
+        info = {
+            "png": self.overlay.name,
+            "map": self.path.name,
+            # Overlay pixel (i, j) is map pixel (i·k, j·k) and stands for k × k map pixels.
+            "region": {"x": x, "y": y, "width": classes.shape[1] * k * sx, "height": classes.shape[0] * k * sy},
+            "map_pixel": [sx, sy],
+            "step": k,
+            "classes": [{"index": i, "name": name, "color": list(self.colors[i]) if self.colors else None}
+                        for i, name in enumerate(self.class_names or [])],
+        }
+        json_path = self.overlay.with_suffix(".json")
+        with atomic_path(json_path) as tmp:
+            Path(tmp).write_text(json.dumps(info, indent=1))
+        self._overlay_rows = []
 
     def _write_tiff(self) -> None:
         metadata: dict[str, Any] = {"axes": "CYX"}
@@ -238,6 +301,18 @@ class ClassMapWriter:
             options.update(resolution=(1e4 / size, 1e4 / size), resolutionunit="CENTIMETER")
         if self.channel_names is not None:
             metadata["Channel"] = {"Name": self.channel_names}
+        if self.class_names is not None:
+            if self.kind == "classes":
+                table = {f"class {i}": name for i, name in enumerate(self.class_names)}
+                if self.colors is not None:
+                    table.update({f"color {i}": "#%02x%02x%02x" % tuple(int(v) for v in c)
+                                  for i, c in enumerate(self.colors[: len(self.class_names)])})
+                table[f"class {NOT_COMPUTED}"] = "(not computed)"
+                metadata["MapAnnotation"] = table
+                metadata["Description"] = "dlpixel class map: each pixel holds the index of its class"
+            elif self.colors is not None and self.channels == len(self.colors):
+                metadata["Channel"] = {"Name": self.channel_names or self.class_names,
+                                       "Color": [ome_color(c) for c in self.colors]}
         bigtiff = self._spool_size > 2**31
         with atomic_path(self.path) as tmp, tifffile.TiffWriter(tmp, bigtiff=bigtiff, ome=True) as tw:
             base = self._levels[0]

@@ -21,6 +21,8 @@ from ..errors import ConfigError, DataError
 from ..runtime.events import CancelToken, Emitter, Listener
 from .predictor import Predictor, load_backend
 
+MAP_OUTPUTS = ("map", "probabilities", "overlay")
+"""Outputs written as files under ``<project>/results/<classifier>/``, never into the image's data."""
 PIXEL_SIZE_TOLERANCE = 0.25
 """Relative difference of pixel sizes (image vs training) above which ``apply`` warns."""
 
@@ -55,7 +57,7 @@ def check_pixel_size(meta: ClassifierMetadata, source: ImageSource, image: str, 
 def output_folder(project: Project, image: ProjectImage, classifier: str, output: str) -> Path | None:
     """Where ``apply`` writes this image's ``output``: maps go to ``<project>/results/<classifier>``; measurements
     and objects to the image's own results folder (None where the project stores them itself, as QuPath does)."""
-    if output in ("map", "probabilities"):
+    if output in MAP_OUTPUTS:
         return project.root / "results" / classifier
     results_dir = getattr(image, "results_dir", None)
     return results_dir(classifier) if results_dir is not None else None
@@ -105,7 +107,7 @@ def check_request(meta: ClassifierMetadata, cfg: InferenceConfig, images: Sequen
     if meta.preprocessing.context_scale > 1 and cfg.tile_size not in (None, meta.tile_size):
         raise ConfigError(f"classifier '{meta.name}' sees context around each tile, which lines up only at its own "
                           f"tile size {meta.tile_size}; leave tile_size unset")
-    if cfg.output in ("map", "probabilities"):
+    if cfg.output in MAP_OUTPUTS:
         stems: dict[str, str] = {}
         for im in images:
             other = stems.setdefault(map_stem(im.name).lower(), im.name)
@@ -163,7 +165,7 @@ def _apply_image(
     emit: Emitter,
 ) -> list[Path]:
     """One image: predict over the scope and hand the strips to the output's sink; the files written."""
-    from .outputs import AreaAccumulator, ObjectBuilder
+    from .outputs import AreaAccumulator, ObjectBuilder, default_min_object_area
     from .outputs_map import ClassMapWriter
 
     class_names = meta.class_names
@@ -198,19 +200,23 @@ def _apply_image(
         sink: Any = AreaAccumulator(shapes or [], class_names, ds, pixel_size, classifier=classifier,
                                     image_size=(source.width, source.height))
     elif cfg.output == "objects":
-        sink = ObjectBuilder(class_names, ds, cfg.min_object_area, cfg.min_hole_area, cfg.simplify, pixel_size,
+        min_area = default_min_object_area(ds, pixel_size) if cfg.min_object_area is None else cfg.min_object_area
+        sink = ObjectBuilder(class_names, ds, min_area, cfg.min_hole_area, cfg.simplify, pixel_size,
                              shapes, cfg.object_type, class_colors=[tuple(c.color) for c in meta.classes],
                              classifier=classifier, image_size=(source.width, source.height))
     else:
-        suffix = "classes" if cfg.output == "map" else "probabilities"
+        classes = cfg.output != "probabilities"
+        suffix = "classes" if classes else "probabilities"
         path = project.root / "results" / classifier / f"{map_stem(image.name)}.{suffix}.ome.tif"
         preview = path.with_name(path.name.replace(".ome.tif", ".png"))
+        overlay = path.with_name(f"{map_stem(image.name)}.overlay.png") if cfg.output == "overlay" else None
         sink = ClassMapWriter(
-            path, grid.width, grid.height, 1 if cfg.output == "map" else len(class_names),
+            path, grid.width, grid.height, 1 if classes else len(class_names),
             pixel_size_um=pixel_size * ds if pixel_size else None,
-            channel_names=["classes"] if cfg.output == "map" else class_names,
-            kind="classes" if cfg.output == "map" else "probabilities",
-            colors=[tuple(c.color) for c in meta.classes], preview=preview,
+            channel_names=["classes"] if classes else class_names,
+            kind="classes" if classes else "probabilities",
+            colors=[tuple(c.color) for c in meta.classes], preview=preview, class_names=class_names,
+            overlay=overlay, region=(0.0, 0.0, grid.width * ds, grid.height * ds),
         )
     try:
         for strip in predictor.strips(source, stats, window, tile_filter, label=image.name):
@@ -230,4 +236,6 @@ def _apply_image(
         return list(image.write_results(classifier, objects=sink.result(),  # type: ignore[attr-defined]
                                         object_type=cfg.object_type))
     sink.close()
+    if overlay is not None:
+        return [path, preview, overlay, overlay.with_suffix(".json")]
     return [path, preview]

@@ -17,7 +17,7 @@ from typing import Any
 from .._version import __version__
 from ..config import InferenceConfig, TrainingConfig
 from ..errors import DataError
-from .scripting import HELPER_FILE, INSTALL_FOLDER, default_user_dir, field_choices
+from .scripting import HELPER_FILE, INSTALL_FOLDER, default_user_dir, field_choices, installed_helper_record
 
 MENU_FILE = "DLPixelMenu.groovy"
 SETTINGS_FILE = "dlpixel.json"
@@ -98,7 +98,7 @@ def install_qupath_scripts(qupath_user_dir: Path | None, python: str, print_only
     so it finds the helper wherever the folder is. With ``print_only`` nothing is written.
     """
     source = groovy_source_dir()
-    folder = (qupath_user_dir.expanduser() if qupath_user_dir else default_user_dir()) / INSTALL_FOLDER
+    folder = (qupath_user_dir.expanduser().resolve() if qupath_user_dir else default_user_dir()) / INSTALL_FOLDER
     helper = folder / HELPER_FILE
     menu_sources = sorted((source / "menu").glob("*.groovy"))
     if not any(p.name == MENU_FILE for p in menu_sources):
@@ -124,4 +124,11 @@ def install_qupath_scripts(qupath_user_dir: Path | None, python: str, print_only
         (folder / SETTINGS_FILE).write_text(json.dumps(_settings(python, helper), indent=2) + "\n", encoding="utf-8")
     except OSError as err:
         raise DataError(f"cannot write dlpixel's QuPath scripts into {folder}: {err}; try --user-dir") from None
+    record = installed_helper_record()
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(str(helper.resolve()) + "\n", encoding="utf-8")
+    except OSError as err:
+        raise DataError(f"installed in {folder}, but cannot record it in {record} ({err.strerror or err}); give "
+                        f"`dlpixel script` --helper {helper}") from None
     return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
+import os
 import re
 import typing
 from datetime import datetime
@@ -223,9 +224,22 @@ def settings_map(config: BaseModel, sections: Sequence[tuple[str, Sequence[str]]
 # Scripts
 
 
+def installed_helper_record() -> Path:
+    """The file in which ``dlpixel qupath install`` records where it put ``DLPixel.groovy`` (``--user-dir``
+    included), so that generated scripts look there: ``$XDG_CONFIG_HOME/dlpixel/qupath-helper`` (default
+    ``~/.config``)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "dlpixel" / "qupath-helper"
+
+
 def default_helper_path() -> Path:
-    """Where ``dlpixel qupath install`` puts ``DLPixel.groovy`` by default; generated scripts fall back to it."""
-    return default_user_dir() / INSTALL_FOLDER / HELPER_FILE
+    """Where generated scripts look for ``DLPixel.groovy``: where ``dlpixel qupath install`` last put it, else where
+    it puts it by default."""
+    try:
+        recorded = installed_helper_record().read_text(encoding="utf-8").strip()
+    except OSError:
+        recorded = ""
+    return Path(recorded) if recorded else default_user_dir() / INSTALL_FOLDER / HELPER_FILE
 
 
 def _header(lines: list[str]) -> str:
@@ -239,7 +253,7 @@ def _header(lines: list[str]) -> str:
 
 
 def _loader(helper: Path | str | None) -> str:
-    path = str(helper) if helper is not None else str(default_helper_path())
+    path = str(Path(helper).expanduser().resolve()) if helper is not None else str(default_helper_path())
     return (
         "def dlpixelHelper = new File(System.getProperty('dlpixel.helper') ?: System.getenv('DLPIXEL_HELPER') ?:\n"
         f"        {groovy_string(path)})\n"
@@ -248,7 +262,8 @@ def _loader(helper: Path | str | None) -> str:
 
 
 def _project_literal(project: str | Path | None) -> str:
-    return "null" if project is None else groovy_string(str(project))
+    """QuPath's script editor runs in QuPath's own working folder, so the project is always written absolute."""
+    return "null" if project is None else groovy_string(str(Path(project).expanduser().resolve()))
 
 
 def _images_literal(images: Sequence[str]) -> str:
