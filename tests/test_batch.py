@@ -148,7 +148,7 @@ def test_killed_run_resumes_without_duplicates_or_half_written_files(project: Pa
     env = {**os.environ, "DLPIXEL_BATCH_TEST_KILL": f"before-state:{NAMES[1]}", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "dlpixel", "batch", "--project", str(project), "--classifier", "threshold",
            "--workers", "1", *FAST]
-    killed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    killed = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr
     states = {p.name: json.loads(p.read_text()) for p in (_run_dir(project) / "tasks").glob("*.json")}
     # One worker takes the images in order: the first is done, the second has its outputs in place (whole) but no
@@ -211,7 +211,8 @@ def test_lock_of_a_live_process_is_kept_and_a_dead_ones_taken_over(tmp_path: Pat
     first.release()
     assert not path.exists()
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
     path.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "process_start": "1",
                                 "started": "then"}))
     assert is_stale(path, json.loads(path.read_text()))

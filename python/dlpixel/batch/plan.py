@@ -3,7 +3,8 @@
 A task's key is the SHA-256 of
 - the image: its file's size, modification time and three 64 KiB samples (start, middle, end), or with
   ``full_hash`` the SHA-256 of the whole file;
-- the annotations the results are computed in (scope ``annotations``), as canonical GeoJSON;
+- the annotations the results are computed in (scope ``annotations``), as canonical GeoJSON without their
+  measurements;
 - the classifier: the SHA-256 of every file in its folder;
 - the settings that change results (all inference settings but ``batch_size`` and ``reader_threads``).
 A rerun skips a task whose state is ``done`` with the same key and redoes every other one.
@@ -11,6 +12,7 @@ A rerun skips a task whose state is ``done`` with the same key and redoes every 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -154,7 +156,9 @@ def make_plan(project: Project, classifier: str, cfg: InferenceConfig, image_nam
         if not path.is_file():
             raise DataError(f"image {image.name!r}: its file {path} is missing; move it back or relink it")
         shapes = scope_shapes(image, cfg, {})
-        features = None if shapes is None else [shape_to_feature(s, "annotation") for s in shapes]
+        # Measurements on the annotations (this classifier's earlier results among them) do not change results.
+        features = None if shapes is None else [shape_to_feature(dataclasses.replace(s, measurements={}),
+                                                                 "annotation") for s in shapes]
         a_hash = _sha(canonical(features))
         f_hash = file_hash(path, full_hash)
         key = _sha(canonical([image.name, f_hash, a_hash, c_hash, s_hash]))

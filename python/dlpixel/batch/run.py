@@ -139,19 +139,21 @@ def merge_qupath_results(project: Project, plan: Plan, rows: dict[str, dict[str,
         if task.kind != "qupath" or state.get("status") != "done" or state.get("key") != task.key \
                 or state.get("merged") == task.key:
             continue
-        with TaskLock(tasks_dir / f"{task.id}.lock") as lock:
-            if not lock.acquire():
-                rows.setdefault(task.id, {"id": task.id, "image": task.image})
-                rows[task.id].update(merge_error=f"not merged: the task is held by {lock_holder(lock.path)}")
-                continue
-            try:
-                _merge_one(project, plan, task)
-            except Exception as err:  # noqa: BLE001 - reported per slide; the next run merges again
-                msg = one_line(err)
-                rows.setdefault(task.id, {"id": task.id, "image": task.image}).update(merge_error=msg)
-                emit.log(f"{task.image}: results not merged into QuPath: {msg}", level="warning")
-                continue
+        lock = TaskLock(tasks_dir / f"{task.id}.lock")
+        if not lock.acquire():
+            rows.setdefault(task.id, {"id": task.id, "image": task.image})
+            rows[task.id].update(merge_error=f"not merged: the task is held by {lock_holder(lock.path)}")
+            continue
+        try:
+            _merge_one(project, plan, task)
             write_json(state_path, {**state, "merged": task.key, "merged_at": now_iso()})
+        except Exception as err:  # noqa: BLE001 - reported per slide; the next run merges again
+            msg = one_line(err)
+            rows.setdefault(task.id, {"id": task.id, "image": task.image}).update(merge_error=msg)
+            emit.log(f"{task.image}: results not merged into QuPath: {msg}", level="warning")
+            continue
+        finally:
+            lock.release()
         rows.setdefault(task.id, {"id": task.id, "image": task.image})["merged"] = True
         n += 1
     return n

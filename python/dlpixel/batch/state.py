@@ -144,12 +144,6 @@ class TaskLock:
             self.path.unlink(missing_ok=True)
         self.held = False
 
-    def __enter__(self) -> TaskLock:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
 
 def is_stale(path: Path, holder: dict[str, Any] | None) -> bool:
     """Whether the lock at ``path`` (whose content is ``holder``) may be taken over."""

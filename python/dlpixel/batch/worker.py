@@ -161,7 +161,7 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
         row.update(_memory())
         write_json(state_path, {"status": "done", "key": task["key"], "image": task["image"], "finished":
                                 _now(), "outputs": outputs, "merged": None})
-    except BaseException as err:  # noqa: BLE001 - every failure becomes the task's one-line error
+    except BaseException as err:  # every failure becomes the task's one-line error
         row.update(status="failed", error=one_line(err), seconds=round(time.perf_counter() - t0, 3))
         row.update(_memory())
         try:
