@@ -135,3 +135,26 @@ def test_scripts_find_the_helper_where_qupath_install_put_it(tmp_path, monkeypat
     assert repr(str(helper)) in out and repr(str(default)) not in out
     assert main(["script", "train", "--name", "c", "--helper", "mine/DLPixel.groovy"]) == 0
     assert repr(str(tmp_path / "mine" / "DLPixel.groovy")) in capsys.readouterr().out
+
+
+def test_classifier_folders_and_results_follow_the_umask(synthetic_project):
+    """mkdtemp/mkstemp create 0700/0600; what dlpixel leaves behind has the modes the umask gives (here 027:
+    folders 0750, files 0640), so colleagues on a shared project can read it."""
+    import os
+    import stat
+
+    folder, _, _ = synthetic_project
+    old = os.umask(0o027)
+    try:
+        assert main(["train", "--project", str(folder), "--name", "shared", *FAST, "--set", "epochs=1"]) == 0
+        assert main(["apply", "--project", str(folder), "--classifier", "shared", "--output", "map",
+                     "--scope", "image", "--quiet"]) == 0
+    finally:
+        os.umask(old)
+    classifier = store.classifiers_dir(folder) / "shared"
+    results = [p for p in (folder / "results").rglob("*") if p.is_file()]
+    files = [p for p in classifier.iterdir() if p.is_file()]
+    assert results and {store.METADATA, store.WEIGHTS, store.ONNX} <= {p.name for p in files}
+    assert stat.S_IMODE(classifier.stat().st_mode) == 0o750
+    for path in files + results:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640, path

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import validate_name
+from ..data._io import honour_umask
 from ..errors import ClassifierError
 from .metadata import ClassifierMetadata
 
@@ -54,6 +55,7 @@ def staging_folder(project_root: Path, name: str, overwrite: bool = False) -> It
     final = check_free(project_root, name, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=final.parent))
+    honour_umask(tmp, directory=True)
     try:
         yield tmp
         if final.exists():

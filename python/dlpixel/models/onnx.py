@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data._io import honour_umask
 from ..errors import ClassifierError
 
 INPUT_NAME = "input"
@@ -39,6 +40,7 @@ def export_onnx(model: nn.Module, path: str | Path, in_channels: int, n_classes:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(handle)
+    honour_umask(temp_name)
     temp = Path(temp_name)
     try:
         with torch.no_grad():

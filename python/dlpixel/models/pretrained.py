@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..data._io import honour_umask
 from ..errors import WeightsError
 
 StateDict = dict[str, torch.Tensor]
@@ -346,6 +347,7 @@ def _download(spec: WeightSpec, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=target.parent)
     temp = Path(temp_name)
+    honour_umask(temp)
     digest = hashlib.sha256()
     try:
         with os.fdopen(handle, "wb") as out, urllib.request.urlopen(spec.url, timeout=60) as response:
