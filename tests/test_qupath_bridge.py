@@ -1,10 +1,11 @@
-"""The QuPath bridge against the Java stand-in of QuPath's API (tests/java), or a real QuPath when QUPATH_HOME is set."""
+"""The QuPath bridge against a real QuPath (see tests/qupath_kit.py for which one)."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -17,9 +18,8 @@ from dlpixel.qupath import jvm
 from shapely.geometry import LineString, MultiPoint, Polygon
 
 sys.path.insert(0, str(Path(__file__).parent))
-from qupath_standin import build_standin, write_pyramid_tiff  # noqa: E402
+from qupath_kit import require_qupath, write_pyramid_tiff  # noqa: E402
 
-REAL_QUPATH = os.environ.get("QUPATH_HOME")
 RNG = np.random.default_rng(7)
 RGB_LEVELS = [RNG.integers(0, 256, (200, 300, 3), dtype=np.uint8)]
 RGB_LEVELS += [RNG.integers(0, 256, (100, 150, 3), dtype=np.uint8), RNG.integers(0, 256, (50, 75, 3), dtype=np.uint8)]
@@ -38,10 +38,8 @@ SHAPES = [
 
 @pytest.fixture(scope="session")
 def qupath_dir() -> Path:
-    """The QuPath to run: QUPATH_HOME when set, else the stand-in compiled with javac."""
-    if REAL_QUPATH:
-        return Path(REAL_QUPATH)
-    return build_standin()
+    """The QuPath to run: QUPATH_HOME when set, else the first QuPath .ci/run assembled."""
+    return require_qupath()
 
 
 @pytest.fixture(scope="session")
@@ -57,9 +55,8 @@ def project_dir(tmp_path, runtime) -> Path:
 
     images = tmp_path / "images"
     images.mkdir()
-    real = bool(REAL_QUPATH)
-    rgb = write_pyramid_tiff(images / "rgb.tif", RGB_LEVELS, 0.5, subifds=real)
-    u16 = write_pyramid_tiff(images / "multi.tif", U16_LEVELS, None, subifds=real)
+    rgb = write_pyramid_tiff(images / "rgb.tif", RGB_LEVELS, 0.5)
+    u16 = write_pyramid_tiff(images / "multi.tif", U16_LEVELS, None)
     project = create_qupath_project(tmp_path / "project")
     project.add_image(rgb, "rgb.tif").add_annotations(SHAPES)
     project.add_image(u16, "multi.tif").add_annotations([SHAPES[0]])
@@ -123,6 +120,7 @@ def test_versions_and_compat():
     assert (c6.measurement_names, c6.remove_measurements, c6.add_objects, c6.bundled_java) == (
         "getNames", "removeAll", "addObjects", 21)
     assert jvm.check_version("0.7.2-SNAPSHOT").version == (0, 7, 2)
+    assert [jvm.check_version(v).bundled_java for v in ("0.5.1", "0.6.0", "0.7.0")] == [17, 21, 25]
 
 
 def test_jvm_options(monkeypatch, tmp_path):
@@ -136,6 +134,67 @@ def test_jvm_options(monkeypatch, tmp_path):
     monkeypatch.setenv("DLPIXEL_JVM_MEMORY", "lots")
     with pytest.raises(ConfigError, match="DLPIXEL_JVM_MEMORY"):
         jvm.jvm_options(install)
+    monkeypatch.delenv("DLPIXEL_JVM_MEMORY")
+    native = "--enable-native-access=ALL-UNNAMED"
+    assert native in jvm.jvm_options(install, java=25) and native in jvm.jvm_options(install, java=22)
+    assert native not in jvm.jvm_options(install, java=21) and native not in jvm.jvm_options(install)
+
+
+def test_java_version_from_the_runtime_release_file(tmp_path):
+    for home, text, want in (("jdk25", 'IMPLEMENTOR="x"\nJAVA_VERSION="25.0.2"\n', 25),
+                             ("jdk17", 'JAVA_VERSION="17.0.15"\n', 17), ("jdk8", 'JAVA_VERSION="1.8.0_412"\n', 8)):
+        server = tmp_path / home / "lib" / "server"
+        server.mkdir(parents=True)
+        (server / "libjvm.so").write_bytes(b"")
+        (tmp_path / home / "release").write_text(text)
+        assert jvm.java_feature_version(server / "libjvm.so") == want
+    assert jvm.java_feature_version(None) is None
+    (tmp_path / "bare").mkdir()
+    assert jvm.java_feature_version(tmp_path / "bare" / "libjvm.so") is None
+
+
+def test_qupath_on_too_old_a_java_says_which_java_it_needs(tmp_path):
+    """The jars of a QuPath that needs Java 21 or 25, started on Java 17 (the runtime of QuPath 0.5): one line that
+    names both Javas, not "holds jars but not QuPath's"."""
+    import subprocess
+
+    from qupath_kit import kits, version_of
+
+    homes = {version_of(k)[:3]: k for k in kits()}
+    newer = homes.get("0.6") or homes.get("0.7")
+    java17 = jvm.install_at(homes["0.5"]).jvm_path if "0.5" in homes else None
+    if newer is None or java17 is None:
+        pytest.skip("needs QuPath 0.5 (for its Java 17) and QuPath 0.6 or 0.7 among the QuPaths under test")
+    jars = tmp_path / "jars"
+    jars.mkdir()
+    for jar in (newer / "lib" / "app").glob("*.jar"):
+        (jars / jar.name).symlink_to(jar)
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "project.qpproj").write_text('{"version": "0.6.0", "images": []}')
+    env = {**os.environ, "JAVA_HOME": str(java17.resolve().parents[2])}
+    env.pop("QUPATH_HOME", None)
+    proc = subprocess.run([sys.executable, "-m", "dlpixel", "images", "--project", str(tmp_path / "p"), "--qupath",
+                           str(jars)], env=env, capture_output=True, text=True, timeout=120)
+    wanted = {"0.6": 21, "0.7": 25}[version_of(newer)[:3]]
+    assert proc.returncode == 2 and proc.stdout == ""
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: QuPath {version_of(newer)} needs Java {wanted}; found 17"), proc.stderr
+
+
+def test_java_logging_goes_to_stderr_and_warnings_only(runtime, capfd):
+    """QuPath's logback prints to standard output unless told otherwise; dlpixel's processes keep standard output for
+    results and --events lines."""
+    import jpype
+
+    logger = jpype.JClass("org.slf4j.LoggerFactory").getLogger("qupath.lib.io.PathIO")
+    capfd.readouterr()
+    logger.info("probe-info-line")
+    logger.warn("probe-warn-line")
+    jpype.JClass("java.lang.System").out.flush()
+    jpype.JClass("java.lang.System").err.flush()
+    out, err = capfd.readouterr()
+    assert "probe" not in out
+    assert "probe-warn-line" in err and "probe-info-line" not in err
 
 
 # ---- reading
@@ -179,12 +238,23 @@ def test_pixels_equal_source(project_dir, which, levels):
     assert not source.read_region(1, -100, -100, 50, 50).any()
 
 
+def _qupath_color(name):
+    """The colour QuPath holds for a class name (its standard classes come with their own)."""
+    import jpype
+
+    c = int(jpype.JClass("qupath.lib.objects.classes.PathClass").fromString(name).getColor())
+    return (c >> 16) & 255, (c >> 8) & 255, c & 255
+
+
 def test_annotations_round_trip_exactly(project_dir):
     project = _open(project_dir)
     got = project.image("rgb.tif").annotations()
     assert len(got) == len(SHAPES)
+    # QuPath pre-creates Stroma (150, 200, 150): the (0, 150, 0) written with it does not replace QuPath's colour.
+    assert _qupath_color("Stroma") == (150, 200, 150)
     for want, shape in zip(SHAPES, got):
-        assert shape.class_name == want.class_name and shape.kind == want.kind and shape.color == want.color
+        assert shape.class_name == want.class_name and shape.kind == want.kind
+        assert shape.color == (_qupath_color(want.class_name) if want.class_name else None)
         assert shapely.equals_exact(shapely.normalize(shape.geometry), shapely.normalize(want.geometry), 0)
     assert len({s.id for s in got}) == len(got)
     assert project.class_colors() == {} or set(project.class_colors()) <= {"Tumor", "Stroma", "Other"}
@@ -202,18 +272,24 @@ def test_write_results_replaces_on_rerun(project_dir):
     image = _open(project_dir).image("rgb.tif")
     tumor_id = image.annotations()[0].id
     cells = [LabelShape("Tumor", Polygon([(x, 20), (x + 8, 20), (x + 8, 28), (x, 28)]), "area", color=(200, 0, 0),
-                        measurements={"Area px": 64.0}) for x in (20, 40, 60)]
-    written = image.write_results("unet", objects=cells, measurements={tumor_id: {"Tumor area px": 1234.0}})
+                        measurements={"Area px": 64.0, "Fraction": 0.1}) for x in (20, 40, 60)]
+    written = image.write_results("unet", objects=cells,
+                                  measurements={tumor_id: {"Tumor area px": 1234.0, "Fraction": 0.1}})
     assert written == [image.data_file] and len(_backups(project_dir, image)) == 1
 
     again = _open(project_dir).image("rgb.tif")
     dets = again.detections()
     assert len(dets) == 3 and {d.name for d in dets} == {"dlpixel: unet"}
-    assert all(d.class_name == "Tumor" and d.measurements == {"unet: Area px": 64.0} for d in dets)
+    # QuPath keeps detection measurements as float32 (0.1 is stored as 0.10000000149011612); they are read back as
+    # the shortest decimal of that float32. Annotations keep doubles.
+    stored = again.read_image_data().getHierarchy().getDetectionObjects().iterator().next()
+    assert float(stored.getMeasurementList().get("unet: Fraction")) == float(np.float32(0.1))
+    assert all(d.class_name == "Tumor" and d.measurements == {"unet: Area px": 64.0, "unet: Fraction": 0.1}
+               for d in dets)
     assert sorted(shapely.normalize(d.geometry).wkt for d in dets) == sorted(
         shapely.normalize(c.geometry).wkt for c in cells)
     ann = {a.id: a for a in again.annotations()}
-    assert ann[tumor_id].measurements == {"unet: Tumor area px": 1234.0}
+    assert ann[tumor_id].measurements == {"unet: Tumor area px": 1234.0, "unet: Fraction": 0.1}
     assert len(ann) == len(SHAPES)
 
     again.write_results("other", objects=cells[:1], object_type="annotation")
@@ -329,9 +405,29 @@ def test_registered_bridge_called_from_java(project_dir, monkeypatch):
     from dlpixel.qupath.project import QuPathImage, QuPathProject
 
     seen = {}
+    flag = jpype.JClass("java.util.concurrent.atomic.AtomicInteger")(0)
+    lines = []
 
-    def handle_request(request, context):
+    @jpype.JImplements("java.util.function.Consumer")
+    class Lines:
+        @jpype.JOverride
+        def accept(self, line):
+            lines.append(json.loads(str(line)))
+
+    def handle_request(request, context, listeners=(), cancel=None):
         seen.update(context)
+        if request["command"] == "train":
+            for listener in listeners:
+                listener({"event": "epoch", "epoch": 1, "train_loss": 0.5})
+            seen["cancelled_at_start"] = cancel.cancelled
+            flag.incrementAndGet()  # what the menu's Cancel button does
+            for _ in range(50):
+                if cancel.cancelled:
+                    break
+                time.sleep(0.05)
+            seen["cancelled_after_flag"] = cancel.cancelled
+            return {"epochs": 1}
+        assert not listeners and cancel is None
         image = context["imageData"]
         return {"command": request["command"], "image": image.name, "n_annotations": len(image.annotations()),
                 "selected": [s.class_name for s in context["selected"]], "project": str(context["project"].root)}
@@ -360,10 +456,28 @@ def test_registered_bridge_called_from_java(project_dir, monkeypatch):
     assert seen["project_object"] is seen["project"]
     assert seen["threshold"] == 0.5 and seen["label"] == "x"
 
+    # Progress events and Cancel, as the Groovy helper passes them: a Consumer<String> and an AtomicInteger.
+    context.put("events", Lines())
+    context.put("cancel", flag)
+    reply = json.loads(str(apply.invoke(fn, jpype.JString('{"command": "train"}'), context)))
+    assert reply == {"ok": True, "result": {"epochs": 1}}
+    assert lines == [{"event": "epoch", "epoch": 1, "train_loss": 0.5}]
+    assert seen["cancelled_at_start"] is False and seen["cancelled_after_flag"] is True
+    assert "events" not in seen and "cancel" not in seen
 
-@pytest.mark.skipif(bool(REAL_QUPATH), reason="a real QuPath has its GUI")
+
 def test_launch_gui_without_gui_classes(qupath_dir, runtime):
+    import jpype
+
     from dlpixel.qupath.bridge import launch_gui
+
+    try:
+        jpype.JClass("qupath.QuPath")
+        has_gui = True
+    except Exception:  # noqa: BLE001 - JPype's error for a class that is not there
+        has_gui = False
+    if has_gui:
+        pytest.skip("this QuPath has its GUI")
 
     with pytest.raises(jvm.QuPathError, match=r"qupath\.QuPath.*--qupath"):
         launch_gui(qupath_dir)

@@ -1,4 +1,4 @@
-"""A user's whole path through a QuPath project (the Java stand-in, or a real QuPath when QUPATH_HOME is set):
+"""A user's whole path through a QuPath project (a real QuPath, see tests/qupath_kit.py):
 train from its annotations, apply back as objects, measurements and maps, rerun, and answer a Groovy request."""
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from dlpixel.cli.main import main
 from dlpixel.data.base import LabelShape
 
 sys.path.insert(0, str(Path(__file__).parent))
-from qupath_standin import build_standin, write_pyramid_tiff  # noqa: E402
+from qupath_kit import require_qupath, write_pyramid_tiff  # noqa: E402
 
-REAL_QUPATH = os.environ.get("QUPATH_HOME")
 SIZE = 128
 FAST = ["tile_size=64", "epochs=1", "batch_size=4", "backbone=resnet18", "pretrained=false", "freeze=none",
         "num_workers=0", "mixed_precision=false", "line_stroke_width=3", "early_stop_patience=0", "device=cpu"]
@@ -28,13 +27,11 @@ APPLY = ["--tile-size", "64", "--overlap", "16", "--batch-size", "4", "--device"
 
 @pytest.fixture(scope="module")
 def qupath_dir() -> Path:
-    if REAL_QUPATH:
-        return Path(REAL_QUPATH)
     from dlpixel.qupath import jvm
 
-    lib = build_standin()
-    jvm.start_jvm(lib)
-    return lib
+    home = require_qupath()
+    jvm.start_jvm(home)
+    return home
 
 
 def _shapes(features: list[dict]) -> list[LabelShape]:
@@ -58,9 +55,8 @@ def project(tmp_path: Path, qupath_dir: Path) -> dict:
     multi = np.clip(levels[truth] + rng.normal(0, 150, (SIZE, SIZE, 3)), 0, 65535).astype(np.uint16)
     images = tmp_path / "images"
     images.mkdir()
-    real = bool(REAL_QUPATH)
-    files = {"rgb.tif": write_pyramid_tiff(images / "rgb.tif", [rgb], 0.5, subifds=real),
-             "multi.tif": write_pyramid_tiff(images / "multi.tif", [multi], None, subifds=real)}
+    files = {"rgb.tif": write_pyramid_tiff(images / "rgb.tif", [rgb], 0.5),
+             "multi.tif": write_pyramid_tiff(images / "multi.tif", [multi], None)}
     labels = _shapes(strokes_from_truth(truth, per_class=6, seed=5))
     assert {s.kind for s in labels} == {"area", "line"}
     region = LabelShape(None, shapely.box(8.5, 10.25, 120.75, 100.5), "area")
@@ -171,7 +167,7 @@ def test_train_apply_write_back_and_rerun(project, capsys):
         assert classes_map.max() < n
 
 
-def test_request_apply_to_selected_annotations(project, tmp_path, capsys):
+def test_request_apply_to_selected_annotations(project, tmp_path, capfd):
     p = project
     _train(p, "bright", "rgb.tif")
     image = _open(p["qpproj"]).image("rgb.tif")
@@ -183,9 +179,13 @@ def test_request_apply_to_selected_annotations(project, tmp_path, capsys):
                             "device": "cpu", "backend": "torch"}}
     file = tmp_path / "request.json"
     file.write_text(json.dumps(request))
-    capsys.readouterr()
-    assert main(["request", str(file), "--quiet"]) == 0
-    reply = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    capfd.readouterr()
+    assert main(["request", str(file), "--events", "jsonl"]) == 0
+    # Standard output holds nothing but the event lines, though QuPath logs while it saves the image.
+    lines = capfd.readouterr().out.strip().splitlines()
+    events = [json.loads(line) for line in lines]
+    assert {"stage", "tiles", "result"} <= {e["event"] for e in events}
+    reply = events[-1]
     assert reply["ok"] is True and reply["result"]["written"] == [str(image.data_file)]
     measured = {a.id for a in _open(p["qpproj"]).image("rgb.tif").annotations()
                 if any(n.startswith("bright: ") for n in a.measurements)}
@@ -193,5 +193,5 @@ def test_request_apply_to_selected_annotations(project, tmp_path, capsys):
 
     file.write_text(json.dumps({**request, "selected": []}))
     assert main(["request", str(file), "--quiet"]) == 2
-    reply = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    reply = json.loads(capfd.readouterr().out.strip().splitlines()[-1])
     assert reply["ok"] is False and "selected" in reply["error"]

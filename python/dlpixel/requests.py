@@ -1,6 +1,7 @@
 """JSON requests: the one entry point that the CLI's ``request`` command, the Groovy helper and the in-process
 bridge share. A request is a dict with an ``action`` (``train``, ``apply``, ``list_models``, ``load_settings``,
-``script``); the reply is the action's result (a JSON-serialisable dict) or a ``DlpixelError``.
+``show_model``, ``delete_model``, ``export_model``, ``script``); the reply is the action's result (a
+JSON-serialisable dict) or a ``DlpixelError``.
 """
 
 from __future__ import annotations
@@ -131,6 +132,33 @@ def _load_settings(request: dict[str, Any], context: dict[str, Any], *_: Any) ->
     return {"settings": store.load_settings(_project_root(request, context), name), "name": store.retrain_name(name)}
 
 
+def _named(request: dict[str, Any], action: str) -> str:
+    name = request.get("classifier")
+    if not name:
+        raise ConfigError(f"the {action} request names no 'classifier'")
+    return str(name)
+
+
+def _show_model(request: dict[str, Any], context: dict[str, Any], *_: Any) -> dict:
+    """A classifier's metadata and where its report is (Manage models > Show report)."""
+    entry = store.load_classifier(_project_root(request, context), _named(request, "show_model"))
+    report = entry.path / store.REPORT
+    return {"name": entry.name, "path": str(entry.path), "report": str(report) if report.is_file() else None,
+            "metadata": entry.metadata.model_dump(mode="json")}
+
+
+def _delete_model(request: dict[str, Any], context: dict[str, Any], *_: Any) -> dict:
+    return {"deleted": str(store.delete_classifier(_project_root(request, context), _named(request, "delete_model")))}
+
+
+def _export_model(request: dict[str, Any], context: dict[str, Any], *_: Any) -> dict:
+    target = request.get("path")
+    if not target:
+        raise ConfigError("the export_model request names no zip file 'path'")
+    name = _named(request, "export_model")
+    return {"exported": str(store.export_classifier(_project_root(request, context), name, Path(target)))}
+
+
 def _script(request: dict[str, Any], context: dict[str, Any], *_: Any) -> dict:
     from .qupath import scripting
 
@@ -153,8 +181,43 @@ HANDLERS: dict[str, Handler] = {
     "apply": _apply,
     "list_models": _list_models,
     "load_settings": _load_settings,
+    "show_model": _show_model,
+    "delete_model": _delete_model,
+    "export_model": _export_model,
     "script": _script,
 }
+
+
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "action": (str,), "project": (str,), "qupath": (str,), "name": (str,), "classifier": (str,), "kind": (str,),
+    "path": (str,), "settings": (dict,), "images": (list,), "selected": (list,), "overwrite": (bool,),
+}
+"""The JSON type of every request field dlpixel reads; anything else is refused with a one-line error."""
+
+_JSON_NAMES = {str: "a string", dict: "an object", list: "a list", bool: "true or false", int: "a number",
+               float: "a number", type(None): "null"}
+
+
+def check_fields(request: dict[str, Any]) -> None:
+    """Refuse a request field of the wrong JSON type, and a classifier name that ``validate_name`` refuses, before
+    anything is opened."""
+    from .config import validate_name
+
+    for key, kinds in FIELD_TYPES.items():
+        value = request.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
+            raise ConfigError(f"request field '{key}' must be {_JSON_NAMES[kinds[0]]}, not "
+                              f"{_JSON_NAMES.get(type(value), type(value).__name__)}")
+    for key in ("images", "selected"):
+        items = request.get(key) or []
+        if not all(isinstance(i, str) or (key == "selected" and isinstance(i, int) and not isinstance(i, bool))
+                   for i in items):
+            raise ConfigError(f"request field '{key}' must be a list of strings")
+    for key in ("name", "classifier"):
+        if request.get(key):
+            validate_name(request[key])
 
 
 def handle_request(
@@ -166,6 +229,7 @@ def handle_request(
     """Run one request and return its result; raises ``DlpixelError`` with a one-line message on bad input."""
     if not isinstance(request, dict):
         raise ConfigError("a request must be a JSON object with an 'action'")
+    check_fields(request)
     action = request.get("action")
     handler = HANDLERS.get(action)  # type: ignore[arg-type]
     if handler is None:

@@ -5,9 +5,14 @@ Nothing below the command line imports this module.
 
 from __future__ import annotations
 
+import _thread
 import argparse
+import os
 import signal
 import sys
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
 from ..classifiers import store
@@ -35,6 +40,33 @@ def cancel_on_sigint() -> CancelToken:
 
     signal.signal(signal.SIGINT, handler)
     return token
+
+
+CANCEL_FILE_ENV = "DLPIXEL_CANCEL_FILE"
+"""A file whose appearance cancels the run, like a Ctrl-C: how the Groovy helper's Cancel reaches a ``dlpixel
+request`` process on every platform (a file that says ``abort`` counts as a second Ctrl-C)."""
+
+
+def cancel_on_file(token: CancelToken, interval: float = 0.2) -> None:
+    """Watch ``$DLPIXEL_CANCEL_FILE`` (when set) in a daemon thread and cancel ``token`` when the file appears."""
+    path = os.environ.get(CANCEL_FILE_ENV)
+    if not path:
+        return
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            try:
+                text = Path(path).read_text(encoding="utf-8", errors="replace").strip()
+            except OSError:
+                continue
+            if not token.cancelled:
+                token.cancel()
+            if text == "abort":
+                _thread.interrupt_main()
+                return
+
+    threading.Thread(target=watch, name="dlpixel-cancel-file", daemon=True).start()
 
 
 def add_progress_flags(p: argparse.ArgumentParser) -> None:

@@ -7,6 +7,11 @@ Groovy side::
                                            selected: getSelectedObjects()])
 
 The reply is JSON: ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "one line"}``.
+
+Two optional context entries make a long request visible and stoppable from Groovy: ``events``, a
+``java.util.function.Consumer<String>`` that gets each progress event as a JSON line (the same lines as
+``dlpixel request --events jsonl``), and ``cancel``, a ``java.util.concurrent.atomic.AtomicInteger`` (or
+``AtomicBoolean``) that Groovy raises to stop the run (each step up is one cancel, like one Ctrl-C).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,10 +39,63 @@ GUI_MAIN_CLASS = "qupath.QuPath"
 Handler = Callable[[dict, dict], Any]
 
 
+EVENTS_KEY = "events"
+CANCEL_KEY = "cancel"
+"""Context entries that are not data: the progress callback and the cancel flag (see the module's docstring)."""
+
+
 def _default_handler(request: dict, context: dict) -> Any:
     from ..requests import handle_request
 
-    return handle_request(request, context)
+    listeners = context.pop(EVENTS_KEY, None) or []
+    cancel = context.pop(CANCEL_KEY, None)
+    return handle_request(request, context, listeners, cancel)
+
+
+def _event_listener(consumer: Any) -> Callable[[dict], None]:
+    """Each event as one JSON line to a Java ``Consumer<String>``; a failing consumer never stops the run."""
+
+    def send(event: dict) -> None:
+        try:
+            consumer.accept(jpype.JString(json.dumps(event, default=_json_default)))
+        except Exception:  # noqa: BLE001 - progress is a courtesy; the run goes on
+            log.debug("the progress callback failed", exc_info=True)
+
+    return send
+
+
+def _level(flag: Any) -> int:
+    """How many times the flag asks to cancel: an AtomicBoolean counts 0 or 1, an AtomicInteger its value."""
+    return int(flag.get())
+
+
+class _JavaCancel:
+    """Watches a Java ``AtomicInteger``/``AtomicBoolean`` while a request runs and cancels the token once for each
+    step up (the first asks the run to stop cleanly, like a first Ctrl-C)."""
+
+    def __init__(self, flag: Any, token: Any, interval: float = 0.1):
+        self._flag, self.token, self._interval = flag, token, interval
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="dlpixel-cancel", daemon=True)
+
+    def _watch(self) -> None:
+        seen = 0
+        while not self._done.wait(self._interval):
+            try:
+                level = _level(self._flag)
+            except Exception:  # noqa: BLE001 - a flag that cannot be read is never raised
+                return
+            while seen < level:
+                seen += 1
+                self.token.cancel()
+
+    def __enter__(self) -> _JavaCancel:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._done.set()
+        self._thread.join(timeout=1)
 
 
 def _one_line(text: str) -> str:
@@ -99,7 +158,8 @@ def context_to_python(jmap: Any) -> dict:
         return {}
     if isinstance(jmap, dict):
         return dict(jmap)
-    out: dict[str, Any] = {str(k): _python_value(jmap.get(k)) for k in jmap.keySet()}
+    out: dict[str, Any] = {str(k): _python_value(jmap.get(k)) for k in jmap.keySet()
+                           if str(k) not in (EVENTS_KEY, CANCEL_KEY)}
     Project = jpype.JClass("qupath.lib.projects.Project")
     ImageData = jpype.JClass("qupath.lib.images.ImageData")
     Collection = jpype.JClass("java.util.Collection")
@@ -123,11 +183,21 @@ class _BridgeFunction:
 
     @jpype.JOverride
     def apply(self, request: Any, context: Any) -> Any:
+        from ..runtime.events import CancelToken
+
         try:
             ctx = context_to_python(context)
+            events = context.get(EVENTS_KEY) if context is not None else None
+            flag = context.get(CANCEL_KEY) if context is not None else None
         except Exception as e:  # noqa: BLE001 - a reply, not a Java exception, is what Groovy expects
             return jpype.JString(json.dumps({"ok": False, "error": _one_line(f"bad context: {e}")}))
-        return jpype.JString(self._bridge.handle(str(request), ctx))
+        if events is not None:
+            ctx[EVENTS_KEY] = [_event_listener(events)]
+        if flag is None:
+            return jpype.JString(self._bridge.handle(str(request), ctx))
+        token = ctx[CANCEL_KEY] = CancelToken()
+        with _JavaCancel(flag, token):
+            return jpype.JString(self._bridge.handle(str(request), ctx))
 
 
 def register_bridge(bridge: Bridge | None = None) -> Any:

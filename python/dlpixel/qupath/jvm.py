@@ -63,7 +63,9 @@ class QuPathCompat:
 
     @property
     def bundled_java(self) -> int:
-        # 0.5 bundles Java 17; 0.6 moved to Java 21.
+        # 0.5 bundles Java 17, 0.6 Java 21, 0.7 Java 25.
+        if self.version >= (0, 7, 0):
+            return 25
         return 21 if self.version >= (0, 6, 0) else 17
 
 
@@ -181,9 +183,29 @@ def check_version(text: str) -> QuPathCompat:
     return QuPathCompat(version)
 
 
-def jvm_options(install: QuPathInstall, *, headless: bool = True) -> list[str]:
+def java_feature_version(jvm_path: str | Path | None) -> int | None:
+    """The feature version (17, 21, 25, ...) of the Java runtime that holds ``jvm_path``, from the ``release`` file at
+    its top (every JDK and jlink runtime has one); None when there is none."""
+    if not jvm_path:
+        return None
+    here = Path(jvm_path).resolve().parent
+    for _ in range(5):
+        release = here / "release"
+        if release.is_file():
+            try:
+                text = release.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                return None
+            m = re.search(r'^JAVA_VERSION="(?:1\.)?(\d+)', text, re.MULTILINE)
+            return int(m[1]) if m else None
+        here = here.parent
+    return None
+
+
+def jvm_options(install: QuPathInstall, *, headless: bool = True, java: int | None = None) -> list[str]:
     """Start options: headless AWT, a memory limit (``DLPIXEL_JVM_MEMORY`` such as ``8g``, else half the RAM),
-    QuPath's native libraries, quiet logging."""
+    QuPath's native libraries, and on Java 22+ (``java``) native access for JPype, as QuPath's own launcher grants
+    it (Java 25 warns at every start without it; Java 21 and older may refuse the option)."""
     opts = []
     if headless:
         opts.append("-Djava.awt.headless=true")
@@ -196,8 +218,66 @@ def jvm_options(install: QuPathInstall, *, headless: bool = True) -> list[str]:
         opts.append("-XX:MaxRAMPercentage=50")
     if install.library_dir is not None:
         opts.append(f"-Djava.library.path={install.library_dir}")
-    opts.append("-Dorg.slf4j.simpleLogger.defaultLogLevel=warn")
+    if java is not None and java >= 22:
+        opts.append("--enable-native-access=ALL-UNNAMED")
     return opts
+
+
+def _jar_version(install: QuPathInstall) -> str | None:
+    """QuPath's version from the name of its core jar (``qupath-core-0.6.0.jar``), for messages before it runs."""
+    for jar in install.jars:
+        m = re.fullmatch(r"qupath-core-(\d+\.\d+\.\d+[\w.-]*)\.jar", jar.name)
+        if m:
+            return m[1]
+    return None
+
+
+def _class_version_error(e: BaseException, install: QuPathInstall, jvm: str) -> QuPathError | None:
+    """``UnsupportedClassVersionError`` as one line: which Java QuPath needs and which one ran it."""
+    text = str(e)
+    m = re.search(r"class file version (\d+)", text)
+    if not m:
+        return None
+    needed = int(m[1]) - 44
+    found = None
+    try:
+        import jpype
+
+        spec = str(jpype.JClass("java.lang.System").getProperty("java.specification.version"))
+        found = int(spec.split(".")[-1] if spec.startswith("1.") else spec)
+    except Exception:  # noqa: BLE001 - the figure is only for the message
+        up_to = re.search(r"up to (\d+)", text)
+        found = int(up_to[1]) - 44 if up_to else None
+    qupath = _jar_version(install) or f"in {install.root}"
+    return QuPathError(
+        f"QuPath {qupath} needs Java {needed}; found {found if found is not None else 'an older one'} ({jvm}): point"
+        f" --qupath at the QuPath installation (it bundles its Java) or set JAVA_HOME to Java {needed} or later"
+    )
+
+
+def _java_logging_to_stderr(*, quiet: bool) -> None:
+    """QuPath's logback configuration logs to standard output, where ``--events jsonl`` and command results go: send
+    its console output to standard error instead, and in a headless process keep only warnings and errors."""
+    import jpype
+
+    try:
+        factory = jpype.JClass("org.slf4j.LoggerFactory").getILoggerFactory()
+        LoggerContext = jpype.JClass("ch.qos.logback.classic.LoggerContext")
+    except Exception:  # noqa: BLE001 - no slf4j or no logback: nothing of QuPath's logs to standard output
+        return
+    if not isinstance(factory, LoggerContext):
+        return
+    root = factory.getLogger(jpype.JClass("org.slf4j.Logger").ROOT_LOGGER_NAME)
+    ConsoleAppender = jpype.JClass("ch.qos.logback.core.ConsoleAppender")
+    appenders = root.iteratorForAppenders()
+    while appenders.hasNext():
+        appender = appenders.next()
+        if isinstance(appender, ConsoleAppender) and str(appender.getTarget()) != "System.err":
+            appender.stop()
+            appender.setTarget(jpype.JString("System.err"))
+            appender.start()
+    if quiet:
+        root.setLevel(jpype.JClass("ch.qos.logback.classic.Level").WARN)
 
 
 def start_jvm(qupath_dir: str | Path | None = None, *, headless: bool = True) -> QuPathRuntime:
@@ -229,8 +309,9 @@ def start_jvm(qupath_dir: str | Path | None = None, *, headless: bool = True) ->
         except jpype.JVMNotFoundException as e:
             raise QuPathError(f"no Java runtime found for the jars in {install.root}: install Java 17+ or set"
                               " JAVA_HOME") from e
-    opts = jvm_options(install, headless=headless)
+    opts = jvm_options(install, headless=headless, java=java_feature_version(jvm))
     jpype.startJVM(jvm, *opts, classpath=[str(p) for p in install.jars], convertStrings=False)
+    _java_logging_to_stderr(quiet=headless)
     try:
         version = str(jpype.JClass("qupath.lib.common.GeneralTools").getVersion())
         compat = check_version(version)
@@ -238,7 +319,8 @@ def start_jvm(qupath_dir: str | Path | None = None, *, headless: bool = True) ->
         _failure = e
         raise
     except Exception as e:
-        _failure = QuPathError(f"{install.root} holds jars but not QuPath's (qupath.lib.common.GeneralTools missing)")
+        _failure = _class_version_error(e, install, jvm) or QuPathError(
+            f"{install.root} holds jars but not QuPath's (qupath.lib.common.GeneralTools missing)")
         raise _failure from e
     _runtime = QuPathRuntime(install=install, version=version, compat=compat, options=opts)
     log.info("QuPath %s from %s", version, install.root)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 import jpype
+import numpy as np
 import shapely
 
 from ..data.base import LabelShape
@@ -300,9 +301,20 @@ class QuPathImage:
         return f"QuPathImage({self.name!r}, id={self.id})"
 
 
+def _float32_decimal(value: float) -> float:
+    """A float32 measurement as the shortest decimal that is the same float32 (QuPath shows 0.1, not
+    0.10000000149011612)."""
+    return float(str(np.float32(value)))
+
+
 def path_objects_to_shapes(path_objects: Any) -> list[LabelShape]:
     """QuPath objects as LabelShapes: geometry through JTS WKB (one batch into shapely), class, colour, id, name,
-    measurements."""
+    measurements.
+
+    The colour is the one QuPath holds for the class: QuPath pre-creates its standard classes (``Stroma`` is
+    (150, 200, 150)) and ``PathClass.fromString(name, rgb)`` returns an existing class with its own colour, so a
+    colour written with a class may come back different. Detections store measurements as float32 (annotations as
+    doubles); theirs come back as the shortest decimal of that float32."""
     objs = [o for o in path_objects if o.getROI() is not None]
     if not objs:
         return []
@@ -313,8 +325,12 @@ def path_objects_to_shapes(path_objects: Any) -> list[LabelShape]:
     shapes = []
     for o, geom in zip(objs, geoms):
         pc = o.getPathClass()
+        if pc is not None and pc.getName() is None:  # PathClass.NULL_CLASS: unclassified
+            pc = None
         ml = o.getMeasurementList()
         measurements = {str(n): float(ml.get(n)) for n in getattr(ml, names_method)()}
+        if o.isDetection():
+            measurements = {k: _float32_decimal(v) for k, v in measurements.items()}
         shapes.append(LabelShape(
             class_name=_str(pc.toString()) if pc is not None else None,
             geometry=geom,
