@@ -445,10 +445,10 @@ def test_write_results(tmp_path: Path) -> None:
     assert merged[1].measurements == {"Tumor area µm^2": 3.0} and merged[2].measurements == {}
     with paths[2].open(encoding="utf-8") as fh:
         rows = list(csv.reader(fh))
-    assert rows[0] == ["id", "name", "class", "Tumor area µm^2", "Stroma area µm^2"]
-    assert rows[1] == ["t1", "", "Tumor", "12.5", "0.0"]
-    assert rows[2] == [anns[1].id, "no id", "Stroma", "3.0", ""]
-    assert rows[3] == [anns[2].id, "", "", "", ""]
+    assert rows[0] == ["image", "id", "name", "class", "Tumor area µm^2", "Stroma area µm^2"]
+    assert rows[1] == ["a.ome.tif", "t1", "", "Tumor", "12.5", "0.0"]
+    assert rows[2] == ["a.ome.tif", anns[1].id, "no id", "Stroma", "3.0", ""]
+    assert rows[3] == ["a.ome.tif", anns[2].id, "", "", "", ""]
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths)
     assert image.write_results("my-net", objects=[]) == [out / "a.objects.geojson"]
     with pytest.raises(DataError, match="a.ome.tif: measurements name annotation ids not in"):

@@ -45,6 +45,37 @@ class ImageSource(Protocol):
         ...
 
 
+Plane = tuple[int, int]
+"""(z, t): one z-slice and timepoint of an image."""
+
+
+def planes_of(source: ImageSource) -> tuple[int, int]:
+    """(number of z-slices, number of timepoints) of a source (1, 1 for a 2D image)."""
+    return int(getattr(source, "n_z", 1)), int(getattr(source, "n_t", 1))
+
+
+def at_plane(source: ImageSource, plane: Plane, image: str = "", owns: bool = False) -> ImageSource:
+    """The source reading plane (z, t): itself when it reads that plane already, else a view that shares its files
+    (closing the view closes them only with ``owns``). A plane the image lacks is a one-line error naming the
+    image."""
+    z, t = plane
+    n_z, n_t = planes_of(source)
+    if not (0 <= z < n_z and 0 <= t < n_t):
+        raise DataError(f"image '{image or source.name}' has {n_z} z-slice(s) and {n_t} timepoint(s); an annotation "
+                        f"lies on z={z}, t={t}")
+    if plane == tuple(getattr(source, "plane", (0, 0))):
+        return source
+    return source.at_plane(z, t, owns=owns)  # type: ignore[attr-defined]
+
+
+def by_plane(shapes: Sequence[LabelShape]) -> list[tuple[Plane, list[LabelShape]]]:
+    """Shapes grouped by the plane they lie on, the default plane (0, 0) first, then in (z, t) order."""
+    groups: dict[Plane, list[LabelShape]] = {}
+    for s in shapes:
+        groups.setdefault(tuple(s.plane), []).append(s)  # type: ignore[arg-type]
+    return sorted(groups.items())
+
+
 def region_shape(downsample: float, w: int, h: int) -> tuple[int, int]:
     """Output (rows, cols) of ``read_region`` for a request of w × h full-resolution pixels."""
     return max(1, int(round(h / downsample))), max(1, int(round(w / downsample)))
@@ -62,6 +93,8 @@ class LabelShape:
     id: str | None = None
     name: str | None = None
     measurements: dict[str, float] = field(default_factory=dict, compare=False, hash=False)
+    plane: tuple[int, int] = (0, 0)
+    """(z, t) of the image plane the shape was drawn on (QuPath's ImagePlane); labels and results stay on it."""
 
     @staticmethod
     def kind_of(geometry: shapely.Geometry) -> ShapeKind:

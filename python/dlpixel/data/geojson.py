@@ -9,6 +9,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import shapely
 import shapely.geometry
 
@@ -35,6 +36,8 @@ def read_geojson(path: str | Path, *, object_types: Collection[str] = ("annotati
         raise DataError(f"{path}: GeoJSON file not found; export the annotations from QuPath as GeoJSON") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: not valid JSON ({exc}); export the annotations from QuPath as GeoJSON") from exc
+    except RecursionError:
+        raise DataError(f"{path}: nested too deeply to be GeoJSON; export the annotations from QuPath again") from None
     wanted = {t.lower() for t in object_types}
     shapes = []
     for index, feature in enumerate(_features(data, path)):
@@ -83,7 +86,23 @@ def _parse_feature(feature: Any, index: int, path: Path, wanted: set[str]) -> La
         id=None if raw_id is None else str(raw_id),
         name=None if name is None else str(name),
         measurements=_parse_measurements(props.get("measurements"), where),
+        plane=_parse_plane(feature["geometry"], where),
     )
+
+
+def _parse_plane(raw: Any, where: str) -> tuple[int, int]:
+    """(z, t) of QuPath's ``"plane": {"c", "z", "t"}`` inside the geometry, written only off the default plane;
+    (0, 0) without it."""
+    plane = raw.get("plane") if isinstance(raw, dict) else None
+    if plane is None:
+        return (0, 0)
+    try:
+        z, t = int(plane.get("z", 0)), int(plane.get("t", 0))
+    except (AttributeError, TypeError, ValueError):
+        raise DataError(f"{where}: 'plane' must be an object with whole numbers z and t; fix or remove it") from None
+    if z < 0 or t < 0:
+        raise DataError(f"{where}: plane z={z}, t={t} is negative; fix or remove the feature")
+    return (z, t)
 
 
 def _parse_geometry(raw: Any, where: str) -> shapely.Geometry:
@@ -97,6 +116,8 @@ def _parse_geometry(raw: Any, where: str) -> shapely.Geometry:
         raise DataError(f"{where}: invalid {raw['type']} geometry ({reason}); fix or remove the feature") from exc
     if geometry.is_empty:
         raise DataError(f"{where}: empty {raw['type']} geometry; fix or remove the feature")
+    if not np.isfinite(shapely.get_coordinates(geometry)).all():
+        raise DataError(f"{where}: NaN or infinite coordinates in the {raw['type']}; fix or remove the feature")
     return geometry
 
 
@@ -156,10 +177,13 @@ def shape_to_feature(shape: LabelShape, object_type: ObjectType = "annotation") 
         props["name"] = shape.name
     if shape.measurements:
         props["measurements"] = {k: float(v) for k, v in shape.measurements.items()}
+    geometry = dict(shapely.geometry.mapping(shape.geometry))
+    if tuple(shape.plane) != (0, 0):
+        geometry["plane"] = {"c": -1, "z": int(shape.plane[0]), "t": int(shape.plane[1])}  # as QuPath writes it
     return {
         "type": "Feature",
         "id": shape.id if shape.id is not None else str(uuid.uuid4()),
-        "geometry": shapely.geometry.mapping(shape.geometry),
+        "geometry": geometry,
         "properties": props,
     }
 

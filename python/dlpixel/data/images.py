@@ -6,6 +6,7 @@ is never loaded whole; the remaining factor is an exact block mean when it is an
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import threading
@@ -91,7 +92,7 @@ class _ArrayLevel:
         self.array = array
         self.height, self.width = array.shape[:2]
 
-    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    def read(self, y0: int, y1: int, x0: int, x1: int, plane: tuple[int, int] = (0, 0)) -> np.ndarray:
         return self.array[y0:y1, x0:x1]
 
 
@@ -106,21 +107,27 @@ class _ZarrLevel:
         if not channel_axes:
             channel_axes = [i for i, a in enumerate(axes) if a not in "YXZT"][:1]
         self._fixed = {i for i, a in enumerate(axes) if a not in "YX" and i not in channel_axes}
+        self._axes = axes
+        self.n_z = int(array.shape[axes.index("Z")]) if "Z" in axes else 1
+        self.n_t = int(array.shape[axes.index("T")]) if "T" in axes else 1
         self._y, self._x = axes.index("Y"), axes.index("X")
         kept = [i for i in range(len(axes)) if i not in self._fixed]
         self._order = [kept.index(self._y), kept.index(self._x)] + [kept.index(i) for i in channel_axes]
         self.height, self.width = int(array.shape[self._y]), int(array.shape[self._x])
         self.channels = int(np.prod([array.shape[i] for i in channel_axes], dtype=np.int64))
 
-    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    def read(self, y0: int, y1: int, x0: int, x1: int, plane: tuple[int, int] = (0, 0)) -> np.ndarray:
         index: list[Any] = []
         for i in range(len(self.array.shape)):
             if i == self._y:
                 index.append(slice(y0, y1))
             elif i == self._x:
                 index.append(slice(x0, x1))
+            elif i in self._fixed:
+                axis = self._axes[i]
+                index.append(plane[0] if axis == "Z" else plane[1] if axis == "T" else 0)
             else:
-                index.append(0 if i in self._fixed else slice(None))
+                index.append(slice(None))
         block = np.asarray(self.array[tuple(index)])
         return block.transpose(self._order).reshape(y1 - y0, x1 - x0, self.channels)
 
@@ -132,6 +139,7 @@ class FileImageSource:
         self.path = Path(path)
         self.name = name or self.path.name
         self._tif: tifffile.TiffFile | None = None
+        self._view = False
         self._pid = os.getpid()
         self._reopen_lock = threading.Lock()
         if not self.path.is_file():
@@ -152,6 +160,9 @@ class FileImageSource:
             ) from exc
         base = self._levels[0]
         self.width, self.height = base.width, base.height
+        self.n_z, self.n_t = getattr(base, "n_z", 1), getattr(base, "n_t", 1)
+        self.plane = (0, 0)
+        """(z, t) this source reads (``at_plane``)."""
         self.downsamples = tuple(
             1.0 if i == 0 else _snap_downsample((self.width / lv.width + self.height / lv.height) / 2)
             for i, lv in enumerate(self._levels)
@@ -220,10 +231,10 @@ class FileImageSource:
         cy0, cy1 = max(y0, 0), min(y1, level.height)
         cx0, cx1 = max(x0, 0), min(x1, level.width)
         if (cy0, cy1, cx0, cx1) == (y0, y1, x0, x1):
-            return np.ascontiguousarray(level.read(y0, y1, x0, x1))
+            return np.ascontiguousarray(level.read(y0, y1, x0, x1, self.plane))
         out = np.zeros((y1 - y0, x1 - x0, self.n_channels), dtype=self.dtype)
         if cy1 > cy0 and cx1 > cx0:
-            out[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = level.read(cy0, cy1, cx0, cx1)
+            out[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = level.read(cy0, cy1, cx0, cx1, self.plane)
         return out
 
     def _reopen(self) -> None:
@@ -237,13 +248,24 @@ class FileImageSource:
             self._pid = os.getpid()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "name": self.name}
+        return {"path": self.path, "name": self.name, "plane": self.plane}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["path"], state["name"])  # type: ignore[misc]
+        self.plane = tuple(state.get("plane", (0, 0)))  # type: ignore[assignment]
+
+    def at_plane(self, z: int, t: int, owns: bool = False) -> FileImageSource:
+        """A view of plane (z, t) of a z-stack or time series (OME-TIFF Z/T axes) sharing this source's file; with
+        ``owns`` closing the view closes the file (the source itself is then not closed)."""
+        view = copy.copy(self)
+        view.plane = (int(z), int(t))
+        view._view = self._view or not owns
+        return view
 
     def close(self) -> None:
-        """Release the open file (TIFF only; PNG/JPEG hold no file)."""
+        """Release the open file (TIFF only; PNG/JPEG hold no file); a plane view leaves it to its source."""
+        if self._view:
+            return
         if self._tif is not None:
             self._tif.close()
             self._tif = None

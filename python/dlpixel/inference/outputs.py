@@ -250,6 +250,7 @@ class ObjectBuilder:
         class_colors: Sequence[tuple[int, int, int] | None] | None = None,
         classifier: str | None = None,
         image_size: tuple[int, int] | None = None,
+        plane: tuple[int, int] = (0, 0),
     ) -> None:
         if not downsample > 0:
             raise ValueError(f"downsample must be positive, got {downsample}")
@@ -270,6 +271,8 @@ class ObjectBuilder:
         self.pixel_size_um = pixel_size_um
         self.object_type: ObjectType = object_type
         self.classifier = classifier
+        self.plane = plane
+        """(z, t) the objects lie on."""
         self._image_box = None if image_size is None else Frame(*image_size, self.downsample).image_box()
         """Objects are clipped to the image: the last map row and column may reach past its edge."""
         self._area_scale = self.downsample**2 * (1.0 if pixel_size_um is None else float(pixel_size_um) ** 2)
@@ -354,7 +357,8 @@ class ObjectBuilder:
             if self.pixel_size_um is not None:
                 measurements[f"{_prefix(self.classifier)}Area µm^2"] = area * full_area
             self._objects.append(
-                LabelShape(self.class_names[k], poly, "area", self.class_colors[k], measurements=measurements)
+                LabelShape(self.class_names[k], poly, "area", self.class_colors[k], measurements=measurements,
+                           plane=self.plane)
             )
 
     def result(self) -> list[LabelShape]:

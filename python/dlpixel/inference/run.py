@@ -15,7 +15,7 @@ from shapely.strtree import STRtree
 from ..classifiers import store
 from ..classifiers.metadata import ClassifierMetadata
 from ..config import InferenceConfig
-from ..data.base import ImageSource, LabelShape, Project, ProjectImage, select_images
+from ..data.base import ImageSource, LabelShape, Plane, Project, ProjectImage, at_plane, planes_of, select_images
 from ..data.preprocessing import Preprocessing, resolve_channels, stats_for
 from ..errors import ConfigError, DataError
 from ..runtime.events import CancelToken, Emitter, Listener
@@ -164,20 +164,78 @@ def _apply_image(
     context: dict[str, Any],
     emit: Emitter,
 ) -> list[Path]:
-    """One image: predict over the scope and hand the strips to the output's sink; the files written."""
+    """One image: predict over the scope, plane by plane (``check_planes``), and hand the strips to the output's
+    sink; the files written."""
+    pre = check_channels(meta, source, image.name)
+    check_pixel_size(meta, source, image.name, emit)
+    predictor.meta = meta.model_copy(update={"preprocessing": pre})
+    shapes = scope_shapes(image, cfg, context)
+    if shapes is not None and not shapes:
+        emit.log(f"image '{image.name}' has no annotations in scope '{cfg.scope}'; skipped", level="warning")
+        return []
+    planes = check_planes(image.name, source, shapes, cfg.output)
+    if len(planes) > 1:
+        # Annotations on several planes: one pass per plane, each with that plane's pixels and annotations; the
+        # results (measurements or objects) are written together.
+        results: Any = {} if cfg.output == "measurements" else []
+        for plane in planes:
+            view = at_plane(source, plane, image.name)
+            sink = _predict_plane(project, image, view, classifier, meta, cfg, predictor, stats_for(view, pre),
+                                  [s for s in shapes or [] if s.plane == plane], plane)
+            if cfg.output == "measurements":
+                results.update(sink.result())
+            else:
+                results += sink.result()
+        if cfg.output == "measurements":
+            return list(image.write_results(classifier, measurements=results))  # type: ignore[attr-defined]
+        return list(image.write_results(classifier, objects=results,  # type: ignore[attr-defined]
+                                        object_type=cfg.object_type))
+    view = at_plane(source, planes[0], image.name)
+    sink = _predict_plane(project, image, view, classifier, meta, cfg, predictor, stats_for(view, pre), shapes,
+                          planes[0])
+    if cfg.output == "measurements":
+        return list(image.write_results(classifier, measurements=sink.result()))  # type: ignore[attr-defined]
+    if cfg.output == "objects":
+        return list(image.write_results(classifier, objects=sink.result(),  # type: ignore[attr-defined]
+                                        object_type=cfg.object_type))
+    return sink.written
+
+
+def check_planes(image: str, source: ImageSource, shapes: Sequence[LabelShape] | None, output: str) -> list[Plane]:
+    """The planes (z, t) to compute: those of the annotations in scope, or (0, 0) for a 2D image. A whole
+    multi-plane image, or a map of annotations on several planes, is a one-line error naming the image."""
+    n_z, n_t = planes_of(source)
+    if shapes is None:
+        if n_z * n_t > 1:
+            raise DataError(f"image '{image}' has {n_z} z-slices and {n_t} timepoints; scope 'image' cannot choose "
+                            "one: draw annotations on the planes to classify and use scope 'annotations'")
+        return [(0, 0)]
+    planes = sorted({tuple(s.plane) for s in shapes})
+    if len(planes) > 1 and output in MAP_OUTPUTS:
+        raise DataError(f"image '{image}' has annotations on {len(planes)} planes (z, t) {planes}; a map shows one "
+                        "plane: apply to annotations on one plane at a time, or use measurements or objects")
+    return planes  # type: ignore[return-value]
+
+
+def _predict_plane(
+    project: Project,
+    image: ProjectImage,
+    source: ImageSource,
+    classifier: str,
+    meta: ClassifierMetadata,
+    cfg: InferenceConfig,
+    predictor: Predictor,
+    stats: Any,
+    shapes: list[LabelShape] | None,
+    plane: Plane,
+) -> Any:
+    """Predict one plane of an image over the scope and hand the strips to the output's sink; the finished sink
+    (a map sink is closed and lists its files in ``written``)."""
     from .outputs import AreaAccumulator, ObjectBuilder, default_min_object_area
     from .outputs_map import ClassMapWriter
 
     class_names = meta.class_names
     ds = meta.downsample
-    pre = check_channels(meta, source, image.name)
-    check_pixel_size(meta, source, image.name, emit)
-    predictor.meta = meta.model_copy(update={"preprocessing": pre})
-    stats = stats_for(source, pre)
-    shapes = scope_shapes(image, cfg, context)
-    if shapes is not None and not shapes:
-        emit.log(f"image '{image.name}' has no annotations in scope '{cfg.scope}'; skipped", level="warning")
-        return []
     grid = predictor.grid(source)
     window = None
     tile_filter = None
@@ -203,7 +261,7 @@ def _apply_image(
         min_area = default_min_object_area(ds, pixel_size) if cfg.min_object_area is None else cfg.min_object_area
         sink = ObjectBuilder(class_names, ds, min_area, cfg.min_hole_area, cfg.simplify, pixel_size,
                              shapes, cfg.object_type, class_colors=[tuple(c.color) for c in meta.classes],
-                             classifier=classifier, image_size=(source.width, source.height))
+                             classifier=classifier, image_size=(source.width, source.height), plane=plane)
     else:
         classes = cfg.output != "probabilities"
         suffix = "classes" if classes else "probabilities"
@@ -230,12 +288,7 @@ def _apply_image(
         if hasattr(sink, "abort"):
             sink.abort()
         raise
-    if cfg.output == "measurements":
-        return list(image.write_results(classifier, measurements=sink.result()))  # type: ignore[attr-defined]
-    if cfg.output == "objects":
-        return list(image.write_results(classifier, objects=sink.result(),  # type: ignore[attr-defined]
-                                        object_type=cfg.object_type))
-    sink.close()
-    if overlay is not None:
-        return [path, preview, overlay, overlay.with_suffix(".json")]
-    return [path, preview]
+    if cfg.output in MAP_OUTPUTS:
+        sink.close()
+        sink.written = [path, preview] + ([overlay, overlay.with_suffix(".json")] if overlay is not None else [])
+    return sink

@@ -135,7 +135,8 @@ def buffered_image_to_numpy(img: Any) -> np.ndarray:
 
 
 class QuPathImageSource:
-    """An ``ImageSource`` over a QuPath ``ImageServer<BufferedImage>`` (z = 0, t = 0)."""
+    """An ``ImageSource`` over a QuPath ``ImageServer<BufferedImage>``, reading plane ``plane`` = (z, t) ((0, 0)
+    unless made by ``at_plane``)."""
 
     def __init__(self, server: Any, name: str, owns_server: bool = True):
         self._server = server
@@ -155,6 +156,8 @@ class QuPathImageSource:
             if bool(cal.hasPixelSizeMicrons()) else None
         )
         self.downsamples = tuple(float(server.getDownsampleForResolution(i)) for i in range(int(server.nResolutions())))
+        self.n_z, self.n_t = int(server.nZSlices()), int(server.nTimepoints())
+        self.plane = (0, 0)
         self._request = jpype.JClass("qupath.lib.regions.RegionRequest")
 
     @property
@@ -168,8 +171,19 @@ class QuPathImageSource:
 
     def read_java(self, downsample: float, x: int, y: int, w: int, h: int) -> Any:
         """QuPath's own ``readRegion`` for the rectangle (a BufferedImage, or None when wholly outside)."""
-        request = self._request.createInstance(self._path, float(downsample), int(x), int(y), int(w), int(h))
+        z, t = self.plane
+        request = self._request.createInstance(self._path, float(downsample), int(x), int(y), int(w), int(h),
+                                               int(z), int(t))
         return self._server.readRegion(request)
+
+    def at_plane(self, z: int, t: int, owns: bool = False) -> QuPathImageSource:
+        """A view of plane (z, t) over the same server; closing the view closes the server only with ``owns``."""
+        import copy
+
+        view = copy.copy(self)
+        view.plane = (int(z), int(t))
+        view._owns_server = self._owns_server and owns
+        return view
 
     def read_region(self, downsample: float, x: int, y: int, w: int, h: int) -> np.ndarray:
         """Pixels of the full-resolution rectangle (x, y, w, h) at ``downsample``; parts outside the image are 0.

@@ -339,5 +339,6 @@ def path_objects_to_shapes(path_objects: Any) -> list[LabelShape]:
             id=str(o.getID().toString()),
             name=_str(o.getName()),
             measurements=measurements,
+            plane=(int(o.getROI().getZ()), int(o.getROI().getT())),
         ))
     return shapes

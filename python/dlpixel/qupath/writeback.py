@@ -71,13 +71,14 @@ def shapes_to_path_objects(shapes: list[LabelShape], object_type: ObjectType, *,
     GeometryTools = _j("qupath.lib.roi.GeometryTools")
     PathObjects = _j("qupath.lib.objects.PathObjects")
     PathClass = _j("qupath.lib.objects.classes.PathClass")
-    plane = _j("qupath.lib.regions.ImagePlane").getDefaultPlane()
+    ImagePlane = _j("qupath.lib.regions.ImagePlane")
     reader = _j("org.locationtech.jts.io.WKBReader")(GeometryTools.getDefaultFactory())
     create = PathObjects.createDetectionObject if object_type == "detection" else PathObjects.createAnnotationObject
     put = runtime().compat.put_measurement
     JByteArray = jpype.JArray(jpype.JByte)
     out = []
     for shape, wkb in zip(shapes, shapely.to_wkb([s.geometry for s in shapes])):
+        plane = ImagePlane.getPlane(int(shape.plane[0]), int(shape.plane[1]))  # the plane it was computed on
         roi = GeometryTools.geometryToROI(reader.read(JByteArray(wkb)), plane)
         pc = PathClass.fromString(shape.class_name, _packed(shape.color)) if shape.class_name else None
         obj = create(roi, pc)

@@ -20,7 +20,7 @@ from ..classifiers.metadata import (
     software_versions,
 )
 from ..config import TrainingConfig
-from ..data.base import ImageSource, LabelShape, Project, ProjectImage, select_images
+from ..data.base import ImageSource, LabelShape, Project, ProjectImage, at_plane, by_plane, select_images
 from ..data.patches import DEFAULT_STROKE_PX, check_tile_fits, extract_patches, label_counts, split_tiles
 from ..data.preprocessing import Preprocessing, dataset_stats, image_stats, resolve_channels, sample_pixels
 from ..errors import ConfigError, DataError
@@ -55,9 +55,18 @@ def gather_training_data(
                     raise DataError(f"image '{image.name}' has no classified annotations; classify them or leave "
                                     "it out")
                 continue
-            chosen.append(image)
-            sources.append(image.open())
-            shapes.append(labelled)
+            # One entry per plane (z, t) that carries labels: its annotations train against its own pixels.
+            source = image.open()
+            for n, (plane, group) in enumerate(by_plane(labelled)):
+                try:
+                    view = at_plane(source, plane, image.name, owns=n == 0)
+                except BaseException:
+                    if n == 0:
+                        source.close()  # type: ignore[attr-defined]
+                    raise
+                chosen.append(image)
+                sources.append(view)
+                shapes.append(group)
         if not chosen:
             raise DataError(
                 f"no image in {project.root} has classified annotations; draw annotations and set their class "
