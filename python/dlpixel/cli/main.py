@@ -38,6 +38,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if not args.project:
         raise ConfigError("--project is required")
+    if (args.gpus or 1) > 1 and "WORLD_SIZE" not in os.environ:
+        from ..training.distributed import launch, without_gpus_flag
+
+        return launch(args.gpus, without_gpus_flag(args.argv))
     cfg, default_name = training_settings(args)
     name = args.name or default_name
     if not name:
@@ -51,7 +55,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         getattr(listener, "close", lambda: None)()
         project.close()
-    if args.events == "jsonl":
+    if args.events == "jsonl" or entry is None:  # None: a DDP process other than rank 0, which saves nothing
         return 0
     _print_result(entry)
     return 0
@@ -251,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-model", help="start from every setting of this classifier")
     p.add_argument("--overwrite", action="store_true", help="replace an existing classifier of the same name")
     p.add_argument("--help-settings", action="store_true", help="list every setting with its default")
+    p.add_argument("--gpus", type=int, help="train on N GPUs with torch DDP, one process each (torchrun); "
+                   "batch_size is per GPU (docs/SCALING.md)")
     add_progress_flags(p)
     p.set_defaults(func=cmd_train)
 
@@ -295,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
     except Cancelled as err:

@@ -25,6 +25,7 @@ from ..data.patches import DEFAULT_STROKE_PX, check_tile_fits, extract_patches, 
 from ..data.preprocessing import Preprocessing, dataset_stats, image_stats, resolve_channels, sample_pixels
 from ..errors import ConfigError, DataError
 from ..runtime.events import CancelToken, Emitter, Listener
+from . import distributed
 
 if TYPE_CHECKING:
     from ..data.patches import PatchCache
@@ -136,7 +137,7 @@ def train_classifier(
 ) -> store.ClassifierEntry:
     """Train a classifier on the project's annotations and save it to ``classifiers/dl/<name>/``; ``match_classes``
     keeps, of the classes listed in the settings, those the images have (for settings taken from another model)."""
-    emit = Emitter(listeners)
+    emit = Emitter(listeners if distributed.is_main() else ())  # under DDP, rank 0 alone reports and saves
     cancel = cancel or CancelToken()
     store.check_free(project.root, name, overwrite)
 
@@ -289,6 +290,8 @@ def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: Trai
         software=software_versions(),
     )
     cancel.check()
+    if not distributed.is_main():
+        return None  # type: ignore[return-value]
     emit("stage", stage="saving", message="saving the classifier")
     with store.staging_folder(project.root, name, overwrite) as tmp:
         torch.save(result.model.state_dict(), tmp / store.WEIGHTS)

@@ -26,6 +26,7 @@ from ..data.patches import UNLABELLED, PatchCache
 from ..errors import Cancelled, TrainingError
 from ..runtime.device import autocast_dtype, precision_name, resolve_device
 from ..runtime.events import CancelToken, Emitter
+from . import distributed
 
 Augment = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 
@@ -172,25 +173,28 @@ def fit(
     emit = emit or Emitter()
     cancel = cancel or CancelToken()
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = distributed.device_for(resolve_device(cfg.device))
     amp = autocast_dtype(device, cfg.precision)
     model = model.to(device)
     cuda = device.type == "cuda"
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     # The compiled module shares its parameters with ``model``; the state dicts are taken from ``model``.
-    net = torch.compile(model) if cfg.compile and cuda else model
+    ddp = distributed.wrap(model, device)  # ``model`` itself outside a DDP world
+    net = torch.compile(ddp) if cfg.compile and cuda else ddp
     log_every = cfg.log_every if cuda else 1
 
     augment = build_augmentation(cfg.augment, cfg.tile_size, seed=cfg.seed)
     train_ds = PatchDataset(cache, train_idx, augment, seed=cfg.seed)
     val_ds = PatchDataset(cache, val_idx)
     generator = torch.Generator().manual_seed(cfg.seed)
+    sampler = distributed.train_sampler(train_ds, cfg.seed)  # batch_size is per process (per GPU)
     pin = device.type == "cuda"
     batch = min(cfg.batch_size, len(train_ds))
     workers = cfg.num_workers
     train_loader = DataLoader(
-        train_ds, batch_size=batch, shuffle=True, drop_last=len(train_ds) > batch and len(train_ds) % batch == 1,
+        train_ds, batch_size=batch, sampler=sampler, shuffle=sampler is None,
+        drop_last=len(train_ds) > batch and len(train_ds) % batch == 1,
         num_workers=workers, pin_memory=pin, generator=generator, worker_init_fn=_worker_init,
         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
     )
@@ -216,6 +220,7 @@ def fit(
         for epoch in range(1, cfg.epochs + 1):
             set_train_mode(model, frozen_blocks)
             train_ds.epoch = epoch
+            distributed.set_epoch(train_loader, epoch)
             running = torch.zeros((), dtype=torch.float32, device=device)
             window = torch.zeros((), dtype=torch.float32, device=device)
             seen, window_n, n_batches = 0, 0, len(train_loader)
@@ -254,6 +259,7 @@ def fit(
                     window_n = 0
             cancel.check()
             train_loss = float(running) / max(seen, 1)
+            distributed.sync_buffers(model)
             val_loss, cm = evaluate(net, val_loader, loss_fn, n_classes, device, amp)
             ious = cm.iou_per_class()
             mean_iou = float(cm.mean_iou())
