@@ -37,6 +37,51 @@ class DLPixel {
         return request(withAction(req, 'apply'), null, onEvent)
     }
 
+    /** Apply a classifier with output 'overlay' (settings as for apply) and show the class map on the image open in
+     *  QuPath's viewer; returns the tool's result map. */
+    static Object applyOverlay(Map req, Closure onEvent = null) {
+        Map r = new LinkedHashMap(req ?: [:])
+        Map settings = new LinkedHashMap((r.settings ?: [:]) as Map)
+        settings.output = 'overlay'
+        r.settings = settings
+        Object result = apply(r, onEvent)
+        String json = ((result instanceof Map ? result.written : null) ?: []).find { it.toString().endsWith('.overlay.json') }
+        if (json != null && qp() != null)
+            showOverlay(json)
+        return result
+    }
+
+    /** Where an overlay written by apply lies on the image: [image: BufferedImage, x, y, width, height, z, t] in
+     *  full-resolution pixels, from its .overlay.json. */
+    static Map overlayRegion(String jsonPath) {
+        File json = new File(jsonPath)
+        Map info = new groovy.json.JsonSlurper().parse(json) as Map
+        Object image = javax.imageio.ImageIO.read(new File(json.parentFile, info.png as String))
+        List plane = (info.plane ?: [0, 0]) as List
+        Map r = info.region as Map
+        return [image: image, x: Math.round(r.x as double) as int, y: Math.round(r.y as double) as int,
+                width: Math.round(r.width as double) as int, height: Math.round(r.height as double) as int,
+                z: plane[0] as int, t: plane[1] as int]
+    }
+
+    /** Show an overlay written by apply (its .overlay.json) on the image open in QuPath's viewer, as QuPath shows a
+     *  pixel classifier (View > Show pixel classification; the overlay opacity slider applies). */
+    static Object showOverlay(String jsonPath, Object viewer = null) {
+        Map o = overlayRegion(jsonPath)
+        ClassLoader loader = DLPixel.classLoader
+        Object region = Class.forName('qupath.lib.regions.ImageRegion', true, loader)
+                .createInstance(o.x, o.y, o.width, o.height, o.z, o.t)
+        if (viewer == null)
+            viewer = Class.forName('qupath.lib.gui.QuPathGUI', true, loader).getInstance()?.getViewer()
+        if (viewer == null)
+            throw new RuntimeException('dlpixel: no QuPath viewer to show the overlay in')
+        Class overlayClass = Class.forName('qupath.lib.gui.viewer.overlays.BufferedImageOverlay', true, loader)
+        Object overlay = overlayClass.newInstance(viewer, [(region): o.image])
+        viewer.getCustomOverlayLayers().add(overlay)
+        log("dlpixel: showing ${new File(jsonPath).name} on the open image".toString())
+        return overlay
+    }
+
     /** The project's classifiers, newest first. */
     static Object listModels(Object project = null) {
         return request([action: 'list_models', project: project])

@@ -45,3 +45,40 @@ def test_premultiplied_argb_gives_the_straight_colours(jvm_started):
     assert (got[alpha == 0] == 0).all()
     # A straight ARGB image is read as it is.
     assert np.array_equal(buffered_image_to_numpy(straight), rgb)
+
+
+def test_the_helper_places_an_overlay_where_apply_computed_it(jvm_started, tmp_path):
+    """``DLPixel.overlayRegion`` reads what ``apply --output overlay`` wrote: the PNG and the full-resolution region
+    and plane it covers (``showOverlay`` hands exactly these to QuPath's BufferedImageOverlay in the viewer)."""
+    import json
+
+    import jpype
+    from dlpixel.inference.outputs_map import ClassMapWriter
+    from dlpixel.qupath.install import groovy_source_dir
+
+    try:
+        GroovyShell = jpype.JClass("groovy.lang.GroovyShell")
+    except Exception:  # noqa: BLE001 - JPype's error for a missing class
+        pytest.skip("this QuPath has no Groovy")
+    ds, width, height = 3.0, 50, 20  # a 150 × 60 px image at downsample 3
+    cmap = np.zeros((height, width), np.uint8)
+    cmap[5:15, 10:40] = 1
+    cmap[0, 0] = 255  # not computed: transparent
+    with ClassMapWriter(tmp_path / "a.classes.ome.tif", width, height, 1, class_names=["A", "B"],
+                        colors=[(0, 0, 255), (255, 0, 0)], overlay=tmp_path / "a.overlay.png",
+                        region=(0, 0, width * ds, height * ds), plane=(2, 1), tile=16) as writer:
+        writer.add_strip(0, cmap)
+    helper = json.dumps(str(groovy_source_dir() / "DLPixel.groovy"))
+    script = f"""
+        def DLPixel = new GroovyClassLoader(getClass().classLoader).parseClass(new File({helper}))
+        def o = DLPixel.overlayRegion({json.dumps(str(tmp_path / "a.overlay.json"))})
+        def img = o.image
+        groovy.json.JsonOutput.toJson([x: o.x, y: o.y, width: o.width, height: o.height, z: o.z, t: o.t,
+            w: img.width, h: img.height, inside: img.getRGB(20, 10), corner: img.getRGB(0, 0) >>> 24])
+    """
+    loader = jpype.JClass("java.lang.Thread").currentThread().getContextClassLoader()
+    got = json.loads(str(GroovyShell(loader).evaluate(script)))
+    assert got["x"] == 0 and got["y"] == 0 and got["width"] == 150 and got["height"] == 60
+    assert (got["z"], got["t"]) == (2, 1) and (got["w"], got["h"]) == (width, height)
+    assert got["inside"] & 0xFFFFFFFF == 0xFFFF0000  # class B in its colour, opaque
+    assert got["corner"] == 0  # transparent where nothing was computed

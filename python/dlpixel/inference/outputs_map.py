@@ -100,6 +100,7 @@ class ClassMapWriter:
         class_names: Sequence[str] | None = None,
         overlay: str | Path | None = None,
         region: Sequence[float] | None = None,
+        plane: tuple[int, int] = (0, 0),
     ) -> None:
         if kind not in ("classes", "probabilities"):
             raise ValueError(f"map kind must be 'classes' or 'probabilities', got {kind!r}")
@@ -125,6 +126,8 @@ class ClassMapWriter:
         self.overlay = Path(overlay) if overlay is not None else None
         self.region = [float(v) for v in region] if region is not None else [0.0, 0.0, float(width), float(height)]
         """(x, y, width, height) in full-resolution pixels that the map's pixels cover (map size × downsample)."""
+        self.plane = (int(plane[0]), int(plane[1]))
+        """(z, t) of the image plane the map was computed on (the overlay is shown there)."""
         self._overlay_step = max(1, math.ceil(max(width, height) / OVERLAY_MAX_SIZE))
         self._overlay_rows: list[np.ndarray] = []
         self.factors = pyramid_factors(height, width, tile)
@@ -276,6 +279,7 @@ class ClassMapWriter:
             "map": self.path.name,
             # Overlay pixel (i, j) is map pixel (i·k, j·k) and stands for k × k map pixels.
             "region": {"x": x, "y": y, "width": classes.shape[1] * k * sx, "height": classes.shape[0] * k * sy},
+            "plane": list(self.plane),
             "map_pixel": [sx, sy],
             "step": k,
             "classes": [{"index": i, "name": name, "color": list(self.colors[i]) if self.colors else None}

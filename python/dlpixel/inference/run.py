@@ -274,7 +274,7 @@ def _predict_plane(
             channel_names=["classes"] if classes else class_names,
             kind="classes" if classes else "probabilities",
             colors=[tuple(c.color) for c in meta.classes], preview=preview, class_names=class_names,
-            overlay=overlay, region=(0.0, 0.0, grid.width * ds, grid.height * ds),
+            overlay=overlay, region=(0.0, 0.0, grid.width * ds, grid.height * ds), plane=plane,
         )
     try:
         for strip in predictor.strips(source, stats, window, tile_filter, label=image.name):
