@@ -6,17 +6,24 @@ Keys are snake_case and match ``--set key=value`` (nested keys with dots: ``augm
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
+import typing
+from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import ConfigError
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+MAX_CONTEXT_SCALE = 8
+"""Largest ``context_scale``: each tile then reads a 64× larger area around it."""
+
+NAME_PATTERN = re.compile(r"\A[A-Za-z0-9_-]{1,100}\Z")
+"""A classifier name: no path separators, dots, spaces, control characters or trailing newline."""
 
 ENCODER_BLOCKS: tuple[str, ...] = ("stem", "block1", "block2", "block3", "block4", "block5")
 """Encoder stages that ``freeze`` can name, from the input convolution (``stem``) to the deepest block."""
@@ -67,10 +74,6 @@ class NormStrategy(str, Enum):
     fixed_range = "fixed_range"
 
 
-class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True, use_enum_values=True,
-                              use_attribute_docstrings=True)
-
 Precision = Literal["bf16", "fp16", "fp32"]
 """Floating-point precision of the model's arithmetic on a GPU: ``bf16`` and ``fp16`` run the model under autocast
 (``bf16`` falls back to ``fp16`` on a GPU without bfloat16), ``fp32`` in full precision. CPUs always compute in
@@ -87,6 +90,10 @@ def _map_mixed_precision(data: Any) -> Any:
             data["precision"] = "bf16" if flag else "fp32"
     return data
 
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True, use_enum_values=True,
+                              use_attribute_docstrings=True, allow_inf_nan=False)
 
 
 class AugmentConfig(_Settings):
@@ -183,25 +190,32 @@ class TrainingConfig(_Settings):
     """DataLoader worker processes; patches are cached in memory, so 0 is fastest on small CPU machines."""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
-    @field_validator("freeze", mode="before")
-    @classmethod
-    def _split_blocks(cls, value: Any) -> Any:
-        """A block name (``--set freeze=stem``) or comma-separated block names make a list."""
     @model_validator(mode="before")
     @classmethod
     def _old_precision(cls, data: Any) -> Any:
         return _map_mixed_precision(data)
 
+    @field_validator("freeze", mode="before")
+    @classmethod
+    def _split_blocks(cls, value: Any) -> Any:
+        """A block name (``--set freeze=stem``) or comma-separated block names make a list."""
         if isinstance(value, str) and (value in ENCODER_BLOCKS or "," in value):
             return [v.strip() for v in value.split(",")]
+        if isinstance(value, str) and value not in typing.get_args(Freeze.__args__[0]):
+            raise ValueError(f"'{value}' is not a choice: use auto, none, small, medium or large, or name encoder "
+                             f"blocks ({', '.join(ENCODER_BLOCKS)}, comma-separated)")
         return value
 
     @field_validator("channels", "classes", mode="before")
     @classmethod
-    def _split_names(cls, value: Any) -> Any:
-        """A single name (``--set channels=DAPI``) or comma-separated names make a list."""
+    def _split_names(cls, value: Any, info: ValidationInfo) -> Any:
+        """A single name (``--set channels=DAPI``) or comma-separated names make a list; a channel written as
+        digits (``channels=0,2``) is an index."""
         if isinstance(value, (str, int)) and not isinstance(value, bool):
-            return [v.strip() for v in value.split(",")] if isinstance(value, str) else [value]
+            if not isinstance(value, str):
+                return [value]
+            parts = [v.strip() for v in value.split(",")]
+            return [int(v) if info.field_name == "channels" and v.isdigit() else v for v in parts]
         return value
 
     @field_validator("backbone")
@@ -232,9 +246,33 @@ class TrainingConfig(_Settings):
             raise ValueError(f"must be at least 1 (got {value})")
         return value
 
+    @field_validator("context_scale")
+    @classmethod
+    def _context_scale(cls, value: int) -> int:
+        if value > MAX_CONTEXT_SCALE:
+            raise ValueError(f"must be at most {MAX_CONTEXT_SCALE} (got {value}): the context area grows with its "
+                             "square")
+        return value
+
+    @field_validator("tile_overlap", "validation_split", mode="before")
+    @classmethod
+    def _percent_sign(cls, value: Any, info: ValidationInfo) -> Any:
+        """``25%`` is unambiguous in either unit: a percent for ``tile_overlap``, a fraction for
+        ``validation_split``."""
+        if isinstance(value, str) and value.strip().endswith("%"):
+            try:
+                percent = float(value.strip()[:-1])
+            except ValueError:
+                raise ValueError(f"'{value}' is not a percentage") from None
+            return percent if info.field_name == "tile_overlap" else percent / 100
+        return value
+
     @field_validator("tile_overlap")
     @classmethod
     def _overlap(cls, value: float) -> float:
+        if 0 < value < 1:
+            raise ValueError(f"is a percentage from 0 to 50, and {value:g} looks like a fraction: write "
+                             f"{value * 100:g} (or '{value * 100:g}%') for {value * 100:g}% of a tile")
         if not 0 <= value <= 50:
             raise ValueError(f"tile_overlap is a percentage from 0 to 50 (got {value})")
         return value
@@ -242,6 +280,9 @@ class TrainingConfig(_Settings):
     @field_validator("validation_split")
     @classmethod
     def _split(cls, value: float) -> float:
+        if 1 <= value < 100:
+            raise ValueError(f"is a fraction between 0 and 1, and {value:g} looks like a percentage: write "
+                             f"{value / 100:g} (or '{value:g}%')")
         if not 0 < value < 1:
             raise ValueError(f"validation_split is a fraction between 0 and 1 (got {value}); 0.2 is typical")
         return value
@@ -308,8 +349,11 @@ class InferenceConfig(_Settings):
     overlap: int | None = None
     """Pixels (at the classifier's resolution) shared by neighbouring tiles and blended; None = a quarter tile."""
     batch_size: int = 8
+    """Tiles per model call (on a GPU 16-64 keeps it busy; batches span rows of tiles)."""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     backend: Literal["auto", "torch", "onnx"] = "auto"
+    precision: Precision = "bf16"
+    """``bf16``, ``fp16`` or ``fp32`` for PyTorch on a GPU (CPUs and ONNX Runtime compute in fp32)."""
     reader_threads: int = 2
     object_type: Literal["detection", "annotation"] = "detection"
     min_object_area: float | None = None
@@ -320,14 +364,16 @@ class InferenceConfig(_Settings):
     simplify: float = 0.0
     """Polygon simplification tolerance in full-resolution pixels (0 = exact pixel outlines)."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _old_precision(cls, data: Any) -> Any:
+        return _map_mixed_precision(data)
+
     @field_validator("tile_size")
     @classmethod
     def _tile_size(cls, value: int | None) -> int | None:
-    """Tiles per model call (on a GPU 16-64 keeps it busy; batches span rows of tiles)."""
         if value is not None and (value < 32 or value % 32):
             raise ValueError(f"tile_size must be a positive multiple of 32 (got {value})")
-    precision: Precision = "bf16"
-    """``bf16``, ``fp16`` or ``fp32`` for PyTorch on a GPU (CPUs and ONNX Runtime compute in fp32)."""
         return value
 
     @field_validator("batch_size", "reader_threads")
@@ -338,11 +384,6 @@ class InferenceConfig(_Settings):
         return value
 
     @field_validator("overlap", "min_object_area", "min_hole_area", "simplify")
-    @model_validator(mode="before")
-    @classmethod
-    def _old_precision(cls, data: Any) -> Any:
-        return _map_mixed_precision(data)
-
     @classmethod
     def _not_negative(cls, value: float | None) -> float | None:
         if value is not None and value < 0:
@@ -355,24 +396,40 @@ def default_overlap(tile_size: int) -> int:
     return tile_size // 4
 
 
-def format_validation_error(err: ValidationError, prefix: str = "") -> str:
-    """One line per problem, naming the setting as ``--set`` spells it."""
-    parts = []
+def _keys_at(model: type[BaseModel] | None, path: Sequence[str]) -> list[str]:
+    """The setting names one level below ``path`` in ``model`` (empty when unknown)."""
+    for part in path:
+        field = model.model_fields.get(part) if model is not None else None
+        sub = field.annotation if field is not None else None
+        model = sub if isinstance(sub, type) and issubclass(sub, BaseModel) else None
+    return list(model.model_fields) if model is not None else []
+
+
+def format_validation_error(err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+    """One line per setting at fault, naming it as ``--set`` spells it; an unknown one with the nearest known
+    names (``model``), a union's alternatives once."""
+    parts: dict[str, str] = {}
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"] if not isinstance(p, int) or len(e["loc"]) == 1)
+        # Union alternatives add their type to the location (``freeze.list[str]``): the setting is what precedes.
+        loc = [str(p) for p in e["loc"] if not isinstance(p, int) or len(e["loc"]) == 1]
+        loc = [p for p in loc if "[" not in p] or loc[:1]
+        key = ".".join(loc)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown setting (see `dlpixel train --help-settings` or docs/PARAMETERS.md)"
-        parts.append(f"{prefix}{key}: {msg}" if key else f"{prefix}{msg}")
-    return "; ".join(parts)
+            close = difflib.get_close_matches(loc[-1], _keys_at(model, loc[:-1]), n=2, cutoff=0.6)
+            hint = f"did you mean {' or '.join('.'.join([*loc[:-1], c]) for c in close)}? " if close else ""
+            msg = f"unknown setting; {hint}(`dlpixel train --help-settings` lists them)"
+        if key not in parts:
+            parts[key] = f"{prefix}{key}: {msg}" if key else f"{prefix}{msg}"
+    return "; ".join(parts.values())
 
 
 def _parse_value(text: str) -> Any:
+    """A JSON value, else the text itself: a text with commas stays one text (``description=Tumor, stroma``); the
+    settings that take lists (``channels``, ``classes``, ``freeze``) split it themselves."""
     try:
         return json.loads(text)
     except json.JSONDecodeError:
-        if "," in text:
-            return [_parse_value(t.strip()) for t in text.split(",") if t.strip()]
         return text
 
 
@@ -412,11 +469,13 @@ def build_config(model: type[BaseModel], *layers: dict[str, Any], source: str = 
     """Validate the merged layers (later ones win) into ``model``, raising a one-line ``ConfigError``."""
     merged: dict[str, Any] = {}
     for layer in layers:
+        if not isinstance(layer, dict):
+            raise ConfigError(f"{source or 'settings'} must be a JSON object of settings, not {type(layer).__name__}")
         merged = deep_merge(merged, layer)
     try:
         return model.model_validate(merged)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, prefix=f"{source}: " if source else "")) from None
+        raise ConfigError(format_validation_error(err, prefix=f"{source}: " if source else "", model=model)) from None
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -426,8 +485,12 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         data = json.loads(p.read_text())
     except FileNotFoundError:
         raise ConfigError(f"settings file not found: {p}") from None
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"settings file {p} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"settings file {p} is nested too deeply to be settings") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read the settings file {p}: {err.strerror or err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"settings file {p} must hold a JSON object of settings")
     nested: dict[str, Any] = {}
@@ -436,7 +499,12 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return nested
 
 
-def validate_name(name: str) -> str:
-    if not name or not NAME_PATTERN.match(name):
-        raise ConfigError(f"classifier name '{name}' may use only letters, digits, '_' and '-'")
+def validate_name(name: Any) -> str:
+    """The one check of a classifier name, from every entry point (command line, requests, Groovy, import): letters,
+    digits, '_' and '-' only, so a name can never reach outside ``classifiers/dl/`` or ``results/``."""
+    if not isinstance(name, str):
+        raise ConfigError(f"a classifier name must be text, not {type(name).__name__} ({str(name)[:40]})")
+    if not NAME_PATTERN.match(name):
+        raise ConfigError(f"classifier name {name[:120]!r} may use only letters, digits, '_' and '-' (1-100 "
+                          "characters, no spaces, dots or path separators)")
     return name

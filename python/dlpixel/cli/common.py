@@ -29,7 +29,7 @@ def listener_for(args: argparse.Namespace) -> Any:
 
 
 def cancel_on_sigint() -> CancelToken:
-    """The first Ctrl-C asks the run to stop cleanly; a second one stops at once."""
+    """The first Ctrl-C (or SIGTERM) asks the run to stop cleanly; a second one stops at once."""
     token = CancelToken()
 
     def handler(signum: int, frame: Any) -> None:
@@ -39,6 +39,8 @@ def cancel_on_sigint() -> CancelToken:
         print("\nstopping… (Ctrl-C again to stop at once)", file=sys.stderr)
 
     signal.signal(signal.SIGINT, handler)
+    # QuPath's Cancel ends a helper process with Process.destroy(), a SIGTERM: the same clean stop as a Ctrl-C.
+    signal.signal(signal.SIGTERM, handler)
     return token
 
 

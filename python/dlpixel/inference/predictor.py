@@ -22,7 +22,7 @@ from ..config import default_overlap
 from ..data.base import ImageSource
 from ..data.geometry import Frame
 from ..data.preprocessing import ChannelStats, read_tile
-from ..errors import ConfigError
+from ..errors import ClassifierError, ConfigError
 from ..runtime.events import CancelToken, Emitter
 from ..runtime.tiling import Grid, blend_window
 from .reading import normalize_raw, read_raw_row
@@ -140,8 +140,31 @@ class OnnxBackend:
             return run_in_chunks(self._run, batch, CPU_CHUNK_PIXELS)
         return self._run(batch)
 
+    def check(self, meta: ClassifierMetadata) -> None:
+        """Refuse a model whose declared input channels or output classes differ from the metadata."""
+        inputs, outputs = self.session.session.get_inputs(), self.session.session.get_outputs()
+        where = f"{self.session.path} (classifier '{meta.name}')"
+        if len(inputs) != 1 or len(inputs[0].shape) != 4:
+            raise ClassifierError(f"{where} does not take one NCHW image batch; its metadata.json does not fit it")
+        channels, n_in = inputs[0].shape[1], meta.preprocessing.n_inputs
+        if isinstance(channels, int) and channels != n_in:
+            raise ClassifierError(f"{where} takes {channels} input channels, but its metadata.json gives {n_in}")
+        shape = outputs[0].shape if outputs else []
+        if len(shape) == 4 and isinstance(shape[1], int) and shape[1] != len(meta.classes):
+            raise ClassifierError(f"{where} returns {shape[1]} classes, but its metadata.json lists "
+                                  f"{len(meta.classes)}")
+        self.n_classes = len(meta.classes)
+
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        out = np.asarray(self.session.run(batch), dtype=np.float32)
+        try:
+            out = np.asarray(self.session.run(batch), dtype=np.float32)
+        except Exception as err:  # noqa: BLE001 - onnxruntime reports shape mismatches as generic errors
+            raise ClassifierError(f"{self.session.path} failed on a batch of shape {tuple(batch.shape)}: "
+                                  f"{str(err).splitlines()[0][:200]}") from None
+        n = getattr(self, "n_classes", None)
+        if out.ndim != 4 or (n is not None and out.shape[1] != n) or out.shape[2:] != batch.shape[2:]:
+            raise ClassifierError(f"{self.session.path} returned shape {tuple(out.shape)} for input "
+                                  f"{tuple(batch.shape)}; expected (N, {n}, H, W): it does not fit its metadata.json")
         return out if self.outputs == "probabilities" else softmax(out)
 
 
@@ -162,7 +185,9 @@ def load_backend(folder: Path, meta: ClassifierMetadata, backend: str = "auto", 
     if backend == "onnx":
         if not onnx_path.exists():
             raise ConfigError(f"classifier '{meta.name}' has no {store.ONNX}; use --backend torch")
-        return OnnxBackend(onnx_path, meta.output, device)
+        onnx_backend = OnnxBackend(onnx_path, meta.output, device)
+        onnx_backend.check(meta)
+        return onnx_backend
     import torch
 
     from ..models.factory import create_model
@@ -173,7 +198,15 @@ def load_backend(folder: Path, meta: ClassifierMetadata, backend: str = "auto", 
     weights = folder / store.WEIGHTS
     if not weights.is_file():
         raise ConfigError(f"classifier '{meta.name}' has no {store.WEIGHTS} in {folder}; use --backend onnx")
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise TypeError(f"it holds a {type(state).__name__}, not a state dict")
+        model.load_state_dict(state)
+    except Exception as err:  # noqa: BLE001 - unpickling, zip and shape errors: all mean a damaged model.pt
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ClassifierError(f"{weights} does not hold the weights of this classifier ({len(meta.classes)} classes, "
+                              f"{meta.backbone}): {first}; export or train it again") from None
     return TorchBackend(model, device)
 
 
