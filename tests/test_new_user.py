@@ -158,3 +158,72 @@ def test_classifier_folders_and_results_follow_the_umask(synthetic_project):
     assert stat.S_IMODE(classifier.stat().st_mode) == 0o750
     for path in files + results:
         assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
+
+
+@pytest.mark.parametrize("setting,expected", [
+    ("freeze=all", "error: settings: freeze: 'all' is not a choice: use auto, none, small, medium or large, or name "
+                   "encoder blocks (stem, block1"),
+    ("epoch=5", "error: settings: epoch: unknown setting; did you mean epochs?"),
+    ("augment.elastc=true", "error: settings: augment.elastc: unknown setting; did you mean augment.elastic?"),
+    ("tile_overlap=0.25", "error: settings: tile_overlap: is a percentage from 0 to 50, and 0.25 looks like a "
+                          "fraction: write 25 (or '25%')"),
+    ("validation_split=20", "error: settings: validation_split: is a fraction between 0 and 1, and 20 looks like a "
+                            "percentage: write 0.2 (or '20%')"),
+])
+def test_a_wrong_setting_is_one_line_that_says_what_to_write(tmp_path, capsys, setting, expected):
+    assert main(["train", "--project", str(tmp_path), "--name", "m", "--set", setting]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(expected) and captured.err.count("\n") == 1, captured.err
+    assert "Input should be" not in captured.err and "literal[" not in captured.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_settings_with_commas_and_percent_signs_are_read_as_meant(capsys):
+    assert main(["script", "train", "--name", "m", "--set", "description=Tumor, stroma", "--set", "tile_overlap=25%",
+                 "--set", "validation_split=15%", "--set", "channels=0,2", "--set", "classes=Tumor,Stroma"]) == 0
+    out = capsys.readouterr().out
+    for line in ["description: 'Tumor, stroma'", "tile_overlap: 25.0", "validation_split: 0.15",
+                 "channels: [0, 2]", "classes: ['Tumor', 'Stroma']"]:
+        assert line in out, line
+
+
+def _train_and_interrupt(folder: Path, name: str, signals: int) -> tuple[int, str]:
+    """Run ``dlpixel train`` in a subprocess, send ``signals`` Ctrl-Cs (SIGINT) once its first epoch is done."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "dlpixel", "train", "--project", str(folder), "--name", name,
+                             *FAST[:-1], "--set", "epochs=500", "--set", "early_stop_patience=0", "--events", "jsonl"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if json.loads(line)["event"] == "epoch":
+            break
+    for _ in range(signals):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+def test_first_ctrl_c_stops_after_the_epoch_and_saves_the_best_so_far(tiny):
+    code, err = _train_and_interrupt(tiny, "ctrl_c", 1)
+    assert code == 0, err
+    assert "stopping… (training ends after this epoch and saves the best one so far" in err
+    r = store.load_classifier(tiny, "ctrl_c").metadata.results
+    assert r.stopped_by_user and 1 <= r.epochs_run < 10 and 1 <= r.best_epoch <= r.epochs_run
+
+
+def test_second_ctrl_c_aborts_and_writes_nothing(tiny):
+    code, err = _train_and_interrupt(tiny, "ctrl_c_twice", 2)
+    assert code == 130, err
+    assert err.strip().splitlines()[-1] in ("training was interrupted; nothing was written",
+                                           "interrupted; nothing was written")
+    assert "Traceback" not in err
+    assert not (store.classifiers_dir(tiny) / "ctrl_c_twice").exists()
+    assert not [p for p in store.classifiers_dir(tiny).iterdir() if p.name.startswith(".ctrl_c_twice")]

@@ -101,19 +101,43 @@ def test_metadata_gives_back_the_same_settings(synthetic_project, tmp_path):
     assert retrained.metadata.training == cfg.model_copy(update={"epochs": 1})
 
 
-def test_a_cancelled_run_leaves_nothing(synthetic_project):
+def test_a_run_cancelled_before_its_first_epoch_leaves_nothing(synthetic_project):
     folder, _, _ = synthetic_project
     token = CancelToken()
 
-    def cancel_after_first_epoch(event):
-        if event["event"] == "epoch":
+    def cancel_when_training_starts(event):
+        if event["event"] == "stage" and event["stage"] == "training":
             token.cancel()
 
     with pytest.raises(Cancelled):
         train_classifier(open_project(folder), "cancelled", TrainingConfig(**{**FAST, "epochs": 3}),
-                         listeners=[cancel_after_first_epoch], cancel=token)
+                         listeners=[cancel_when_training_starts], cancel=token)
     root = store.classifiers_dir(folder)
     assert not root.exists() or list(root.iterdir()) == []
+
+
+def test_a_run_cancelled_during_training_keeps_the_best_epoch_so_far(synthetic_project, tmp_path):
+    """A cancel (the first Ctrl-C, QuPath's Cancel) ends training after the epoch under way and saves the best
+    epoch so far, marked as stopped by the user."""
+    folder, _, _ = synthetic_project
+    token = CancelToken()
+
+    def cancel_in_second_epoch(event):
+        if event["event"] == "batch" and event["epoch"] == 2:
+            token.cancel()
+
+    entry = train_classifier(open_project(folder), "stopped", TrainingConfig(**{**FAST, "epochs": 6}),
+                             listeners=[cancel_in_second_epoch], cancel=token)
+    r = entry.metadata.results
+    assert r.stopped_by_user and not r.stopped_early and r.epochs_run == 2 and r.best_epoch in (1, 2)
+    history = json.loads((entry.path / store.HISTORY).read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert r.mean_iou == history[r.best_epoch - 1]["mean_iou"] == max(row["mean_iou"] for row in history)
+    from dlpixel.report.page import summary_text, write_report
+
+    assert f"best epoch {r.best_epoch} of 2 (stopped by the user)" in summary_text(entry.metadata, entry.path)
+    page = write_report(tmp_path, entry.metadata, history, []).read_text()
+    assert "stopped by the user after 2 of 6 epochs" in page
 
 
 def test_an_existing_classifier_is_kept_unless_overwrite(synthetic_project, capsys):

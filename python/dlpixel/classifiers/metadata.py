@@ -39,6 +39,9 @@ class Results(BaseModel):
     epochs_run: int
     stopped_early: bool
     mean_iou: float
+    stopped_by_user: bool = False
+    """Training was stopped by the user (Ctrl-C, QuPath's Cancel) after ``epochs_run`` epochs; the best so far is
+    kept."""
     per_class_iou: dict[str, float | None]
     """IoU per class on validation pixels; None for a class with no validation pixels."""
     pixel_accuracy: float

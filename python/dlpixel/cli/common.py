@@ -36,7 +36,8 @@ def cancel_on_sigint() -> CancelToken:
         if token.cancelled:
             raise KeyboardInterrupt
         token.cancel()
-        print("\nstopping… (Ctrl-C again to stop at once)", file=sys.stderr)
+        print("\nstopping… (training ends after this epoch and saves the best one so far; Ctrl-C again stops at "
+              "once and writes nothing)", file=sys.stderr)
 
     signal.signal(signal.SIGINT, handler)
     # QuPath's Cancel ends a helper process with Process.destroy(), a SIGTERM: the same clean stop as a Ctrl-C.

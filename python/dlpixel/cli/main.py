@@ -57,17 +57,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         project.close()
     if args.events == "jsonl" or entry is None:  # None: a DDP process other than rank 0, which saves nothing
         return 0
-    _print_result(entry)
+    _print_result(entry, saved_line=args.quiet)
     return 0
 
 
-def _print_result(entry: store.ClassifierEntry) -> None:
+def _print_result(entry: store.ClassifierEntry, saved_line: bool = True) -> None:
+    """The result of ``train``; ``saved_line`` False when the progress display has already said where it went."""
     meta = entry.metadata
     r = meta.results
-    print(f"classifier '{entry.name}' saved to {entry.path}")
+    if saved_line:
+        print(f"classifier '{entry.name}' saved to {entry.path}")
     if r:
         ious = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a" for k, v in r.per_class_iou.items())
-        print(f"validation mean IoU {r.mean_iou:.3f} at epoch {r.best_epoch}/{r.epochs_run} ({ious})")
+        stopped = "; stopped by the user" if r.stopped_by_user else ""
+        print(f"validation mean IoU {r.mean_iou:.3f} at epoch {r.best_epoch}/{r.epochs_run}{stopped} ({ious})")
 
 
 def settings_help() -> str:
@@ -303,9 +306,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # The output went to a command that stopped reading (`| head`): not an error; nothing more to print.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Cancelled as err:
-        print(f"cancelled: {err}", file=sys.stderr)
+        print(str(err), file=sys.stderr)
         return 130
     except DlpixelError as err:
         if args.debug:

@@ -308,7 +308,8 @@ def write_report(folder: Path, meta: ClassifierMetadata, history: list[dict[str,
     r = meta.results
     findings = diagnose(history, meta)
     if r:
-        stop = (f"stopped early after {r.epochs_run} epochs" if r.stopped_early
+        stop = (f"stopped by the user after {r.epochs_run} of {meta.training.epochs if meta.training else '?'} "
+                "epochs" if r.stopped_by_user else f"stopped early after {r.epochs_run} epochs" if r.stopped_early
                 else f"ran all {r.epochs_run} epochs")
         summary = (f"Best epoch <b>{r.best_epoch}</b> ({stop}): validation mean IoU <b>{r.mean_iou:.3f}</b>, "
                    f"pixel accuracy {r.pixel_accuracy:.3f}, training loss {r.train_loss:.4g}, validation loss "
@@ -362,7 +363,7 @@ def summary_text(meta: ClassifierMetadata, folder: Path) -> str:
         lines += [f"    {k} = {_show(v)}  (default {_show(d)})" for k, v, d in changed]
     r = meta.results
     if r:
-        stop = "stopped early" if r.stopped_early else "all epochs"
+        stop = "stopped by the user" if r.stopped_by_user else "stopped early" if r.stopped_early else "all epochs"
         lines.append(f"  results      best epoch {r.best_epoch} of {r.epochs_run} ({stop}), validation mean IoU "
                      f"{r.mean_iou:.3f}, pixel accuracy {r.pixel_accuracy:.3f}")
         train = meta.labelled_pixels.get("train", {})

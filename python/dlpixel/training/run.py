@@ -252,6 +252,9 @@ def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: Trai
         emit.log(f"frozen encoder blocks: {', '.join(frozen)}")
 
     result = fit(model, cache, split.train, split.val, n_classes, cfg, weights, frozen, emit, cancel)
+    if result.stopped_by_user:
+        # The stop asked for is done: the best epoch so far is saved (a second Ctrl-C still aborts the save).
+        cancel = CancelToken()
 
     meta = ClassifierMetadata(
         name=name,
@@ -276,6 +279,7 @@ def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: Trai
             best_epoch=result.best_epoch,
             epochs_run=len(result.history),
             stopped_early=result.stopped_early,
+            stopped_by_user=result.stopped_by_user,
             mean_iou=result.mean_iou,
             per_class_iou=dict(zip(data.classes, result.per_class_iou)),
             pixel_accuracy=result.pixel_accuracy,
@@ -302,6 +306,9 @@ def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: Trai
         cancel.check()
     entry = store.load_classifier(project.root, name)
     emit("done", name=name, path=str(entry.path), mean_iou=result.mean_iou, best_epoch=result.best_epoch,
-         message=f"saved '{name}' to {entry.path} (validation mean IoU {result.mean_iou:.3f})")
+         stopped_by_user=result.stopped_by_user,
+         message=f"saved '{name}' to {entry.path} (validation mean IoU {result.mean_iou:.3f}"
+                 + (f"; stopped by the user after epoch {len(result.history)}, best epoch {result.best_epoch})"
+                    if result.stopped_by_user else ")"))
     return entry
 

@@ -110,6 +110,8 @@ class FitResult:
     device: str
     precision: str
     seconds: float
+    stopped_by_user: bool = False
+    """The run was cancelled (Ctrl-C, QuPath's Cancel) and ended after the epoch under way."""
 
 
 def _nan_to_none(values: np.ndarray) -> list[float | None]:
@@ -212,7 +214,7 @@ def fit(
     history: list[dict[str, Any]] = []
     best_metric, best_epoch, best_state, since_best = -math.inf if maximise else math.inf, 0, None, 0
     best_cm = None
-    stopped_early = False
+    stopped_early = stopped_by_user = False
     start = time.perf_counter()
     emit("stage", stage="training", message=f"training on {device.type} ({len(train_ds)} tiles, "
          f"{len(val_ds)} for validation)", device=device.type, precision=precision_name(amp))
@@ -224,8 +226,9 @@ def fit(
             running = torch.zeros((), dtype=torch.float32, device=device)
             window = torch.zeros((), dtype=torch.float32, device=device)
             seen, window_n, n_batches = 0, 0, len(train_loader)
+            # A cancel (the first Ctrl-C, QuPath's Cancel) ends the run after this epoch and keeps the best one;
+            # a second Ctrl-C raises KeyboardInterrupt here and nothing is written.
             for step, (x, y) in enumerate(train_loader, 1):
-                cancel.check()
                 x = x.to(device, non_blocking=pin)
                 y = y.to(device, non_blocking=pin)
                 if cuda:
@@ -257,7 +260,6 @@ def fit(
                     emit("batch", epoch=epoch, batch=step, batches=n_batches, loss=value)
                     window.zero_()
                     window_n = 0
-            cancel.check()
             train_loss = float(running) / max(seen, 1)
             distributed.sync_buffers(model)
             val_loss, cm = evaluate(net, val_loader, loss_fn, n_classes, device, amp)
@@ -296,6 +298,11 @@ def fit(
                 emit.log(f"early stopping at epoch {epoch}: no improvement of {cfg.early_stop_metric} for "
                          f"{since_best} epochs; restoring epoch {best_epoch}")
                 break
+            if cancel.cancelled and epoch < cfg.epochs:
+                stopped_by_user = True
+                emit.log(f"stopped by the user after epoch {epoch} of {cfg.epochs}; keeping the best epoch so far "
+                         f"({best_epoch})", level="warning")
+                break
     except KeyboardInterrupt:
         raise Cancelled("training was interrupted; nothing was written") from None
 
@@ -313,6 +320,7 @@ def fit(
         pixel_accuracy=best_row["pixel_accuracy"],
         confusion=best_cm.matrix.tolist(),
         stopped_early=stopped_early,
+        stopped_by_user=stopped_by_user,
         device=device.type,
         precision=precision_name(amp),
         seconds=time.perf_counter() - start,
