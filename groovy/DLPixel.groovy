@@ -10,8 +10,9 @@ import groovy.json.JsonSlurper
  *
  * A request goes to the Python entry point registered in this JVM (System property 'dlpixel.bridge', present when
  * QuPath runs inside Python) or, when there is none, to `python -m dlpixel request -` as a separate process on the
- * saved project. Either way the same JSON request is sent. A failed request throws, so the script fails with the
- * tool's one-line message.
+ * saved project. Either way the same JSON request is sent, progress events come back as maps, and a cancel flag
+ * (an AtomicInteger: 1 stops after the current epoch keeping the best, 2 stops at once) reaches the run. A failed
+ * request throws, so the script fails with the tool's one-line message.
  *
  * QuPath's scripting functions are looked up when needed, never compiled in: this file compiles and runs under a
  * plain Groovy (2.4 or later) too, where the project path and image names must be given in the request.
@@ -23,6 +24,7 @@ class DLPixel {
     static final String PYTHON_ENV = 'DLPIXEL_PYTHON'
     static final String SETTINGS_FILE = 'dlpixel.json'
     static final List<String> WRITES_TO_IMAGE = ['measurements', 'objects']
+    static final String CANCEL_FILE_ENV = 'DLPIXEL_CANCEL_FILE'
 
     // ---------------------------------------------------------------------------------------------------------
     // The script API
@@ -92,6 +94,21 @@ class DLPixel {
         return request([action: 'load_settings', project: project, classifier: classifier])
     }
 
+    /** A classifier's metadata and the path of its report (null when it has none). */
+    static Object showModel(String classifier, Object project = null) {
+        return request([action: 'show_model', project: project, classifier: classifier])
+    }
+
+    /** Delete a classifier's folder from the project. */
+    static Object deleteModel(String classifier, Object project = null) {
+        return request([action: 'delete_model', project: project, classifier: classifier])
+    }
+
+    /** Pack a classifier into a zip file (`dlpixel models import` reads it). */
+    static Object exportModel(String classifier, String zipPath, Object project = null) {
+        return request([action: 'export_model', project: project, classifier: classifier, path: zipPath])
+    }
+
     /** The Groovy script that would run a train or apply request ("Copy as Script"). */
     static String script(Map req) {
         def result = request(withAction(req, 'script'))
@@ -100,27 +117,50 @@ class DLPixel {
 
     /**
      * Send any request and return its result. live holds QuPath's objects (project, imageData, selected); by
-     * default those of the running script. onEvent receives each progress event as a map.
+     * default those of the running script. onEvent receives each progress event as a map; cancel (an AtomicInteger
+     * from newCancel()) stops the run when raised: 1 after the current epoch, keeping the best so far; 2 at once.
      */
-    static Object request(Map req, Map live = null, Closure onEvent = null) {
+    static Object request(Map req, Map live = null, Closure onEvent = null,
+                          java.util.concurrent.atomic.AtomicInteger cancel = null) {
         Map context = live != null ? live : liveContext()
         Map full = complete(req, context)
         String json = JsonOutput.toJson(full)
         Object bridge = System.getProperties().get(BRIDGE_PROPERTY)
         Map reply
         if (bridge != null) {
-            reply = parseReply(bridge.apply(json, context) as String)
+            Map bridged = new LinkedHashMap(context)
+            if (onEvent != null)
+                bridged.events = eventConsumer(onEvent)
+            if (cancel != null)
+                bridged.cancel = cancel
+            reply = parseReply(bridge.apply(json, bridged) as String)
         } else {
             boolean touchesImage = involvesCurrentImage(full, context)
             if (touchesImage)
                 saveCurrentImage(context)
-            reply = runProcess(json, onEvent)
+            reply = runProcess(json, onEvent, cancel)
             if (reply.ok && touchesImage && full.action == 'apply' && writesToImage(full))
                 reloadCurrentImage(context)
         }
         if (!reply.ok)
             throw new RuntimeException('dlpixel: ' + (reply.error ?: 'the request failed without a message'))
         return reply.result
+    }
+
+    /** A new cancel flag for request(): raise it with incrementAndGet() (from any thread). */
+    static java.util.concurrent.atomic.AtomicInteger newCancel() {
+        return new java.util.concurrent.atomic.AtomicInteger(0)
+    }
+
+    /** The bridge's progress callback: each JSON event line, logged and handed to onEvent as a map. */
+    static java.util.function.Consumer<String> eventConsumer(Closure onEvent) {
+        return { String line ->
+            Map event = parseEvent(line)
+            if (event != null) {
+                log(describe(event))
+                onEvent.call(event)
+            }
+        } as java.util.function.Consumer
     }
 
     /** Remember the Python executable that runs dlpixel (a QuPath preference, kept between sessions). */
@@ -234,14 +274,41 @@ class DLPixel {
         return reply as Map
     }
 
-    /** Run `python -m dlpixel request - --events jsonl`, logging its events, and return its result event. */
-    static Map runProcess(String json, Closure onEvent = null) {
+    /**
+     * Run `python -m dlpixel request - --events jsonl`, logging its events, and return its result event. Raising
+     * cancel writes the file named in DLPIXEL_CANCEL_FILE (the process stops after the current epoch and keeps the
+     * best), raising it again stops the process at once.
+     */
+    static Map runProcess(String json, Closure onEvent = null, java.util.concurrent.atomic.AtomicInteger cancel = null) {
         List<String> command = [python(), '-m', 'dlpixel', 'request', '-', '--events', 'jsonl']
+        File cancelFile = File.createTempFile('dlpixel-cancel-', '.txt')
+        cancelFile.delete()
+        ProcessBuilder builder = new ProcessBuilder(command)
+        builder.environment().put(CANCEL_FILE_ENV, cancelFile.absolutePath)
         Process process
         try {
-            process = new ProcessBuilder(command).start()
+            process = builder.start()
         } catch (IOException e) {
             throw new RuntimeException("dlpixel: cannot run ${command[0]}: ${e.message}".toString())
+        }
+        Map stopped = [level: 0]
+        Thread watcher = cancel == null ? null : Thread.start {
+            while (process.isAlive()) {
+                int level = cancel.get()
+                if (level >= 1 && stopped.level < 1) {
+                    cancelFile.setText('stop', 'UTF-8')
+                    stopped.level = 1
+                }
+                if (level >= 2 && stopped.level < 2) {
+                    stopped.level = 2
+                    process.destroy()
+                }
+                try {
+                    Thread.sleep(100)
+                } catch (InterruptedException ignored) {
+                    return
+                }
+            }
         }
         List<String> errors = Collections.synchronizedList(new ArrayList<String>())
         Thread errReader = Thread.start {
@@ -276,8 +343,13 @@ class DLPixel {
         } catch (InterruptedException e) {
             process.destroy()
             throw new RuntimeException('dlpixel: cancelled')
+        } finally {
+            watcher?.interrupt()
+            cancelFile.delete()
         }
         Map result = holder.result as Map
+        if (result == null && stopped.level >= 2)
+            return [ok: false, error: 'cancelled; nothing was written']
         if (result != null && (code == 0 || !result.ok))
             return result
         String detail = errors ? errors[-1] : 'no message'
@@ -286,7 +358,8 @@ class DLPixel {
         return [ok: false, error: "${command[0]} exited with code ${code} without a result: ${detail}".toString()]
     }
 
-    private static Map parseEvent(String line) {
+    /** One `--events jsonl` line as a map; null for any other line. */
+    static Map parseEvent(String line) {
         String text = line.trim()
         if (!text.startsWith('{'))
             return null
@@ -298,7 +371,7 @@ class DLPixel {
         }
     }
 
-    private static String describe(Map event) {
+    static String describe(Map event) {
         if (event.message)
             return event.message as String
         return event.event + ' ' + event.findAll { k, v -> k != 'event' }.collect { k, v -> "${k}=${v}" }.join(' ')

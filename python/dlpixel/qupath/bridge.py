@@ -76,18 +76,25 @@ class _JavaCancel:
     def __init__(self, flag: Any, token: Any, interval: float = 0.1):
         self._flag, self.token, self._interval = flag, token, interval
         self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._seen = 0
         self._thread = threading.Thread(target=self._watch, name="dlpixel-cancel", daemon=True)
 
-    def _watch(self) -> None:
-        seen = 0
-        while not self._done.wait(self._interval):
+    def poll(self) -> None:
+        """Cancel the token for each step the flag rose since the last look (also called after every event, so a
+        Cancel raised while an event is handled takes effect before the run goes on)."""
+        with self._lock:
             try:
                 level = _level(self._flag)
             except Exception:  # noqa: BLE001 - a flag that cannot be read is never raised
                 return
-            while seen < level:
-                seen += 1
+            while self._seen < level:
+                self._seen += 1
                 self.token.cancel()
+
+    def _watch(self) -> None:
+        while not self._done.wait(self._interval):
+            self.poll()
 
     def __enter__(self) -> _JavaCancel:
         self._thread.start()
@@ -191,12 +198,20 @@ class _BridgeFunction:
             flag = context.get(CANCEL_KEY) if context is not None else None
         except Exception as e:  # noqa: BLE001 - a reply, not a Java exception, is what Groovy expects
             return jpype.JString(json.dumps({"ok": False, "error": _one_line(f"bad context: {e}")}))
-        if events is not None:
-            ctx[EVENTS_KEY] = [_event_listener(events)]
+        send = _event_listener(events) if events is not None else None
         if flag is None:
+            if send is not None:
+                ctx[EVENTS_KEY] = [send]
             return jpype.JString(self._bridge.handle(str(request), ctx))
         token = ctx[CANCEL_KEY] = CancelToken()
-        with _JavaCancel(flag, token):
+        with _JavaCancel(flag, token) as watcher:
+
+            def send_then_poll(event: dict) -> None:
+                if send is not None:
+                    send(event)
+                watcher.poll()
+
+            ctx[EVENTS_KEY] = [send_then_poll]
             return jpype.JString(self._bridge.handle(str(request), ctx))
 
 
