@@ -12,7 +12,7 @@ from typing import Any
 
 from .classifiers import store
 from .config import InferenceConfig, TrainingConfig, build_config
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .runtime.events import CancelToken, Listener
 
 Handler = Callable[[dict[str, Any], dict[str, Any], list[Listener], CancelToken], dict[str, Any]]
@@ -58,7 +58,10 @@ def _project_root(request: dict[str, Any], context: dict[str, Any]) -> Path:
     path = request.get("project")
     if not path:
         raise ConfigError("the request names no 'project'")
-    return project_root(path)
+    root = project_root(path)
+    if not root.is_dir():
+        raise DataError(f"project not found: {root}; pass a QuPath project (project.qpproj) or a folder project")
+    return root
 
 
 def _train(request: dict[str, Any], context: dict[str, Any], listeners: list[Listener], cancel: CancelToken) -> dict:

@@ -8,13 +8,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..config import TrainingConfig
 from ..data.preprocessing import Preprocessing
 from ..errors import ClassifierError
 
 SCHEMA_VERSION = 1
+
+MAX_CLASSES = 254
+"""Most classes a classifier can have: class maps and label masks are 8-bit and label value 255 means
+"unlabelled"."""
 
 
 # Colours for classes that come without one (ONNX imports, folder projects without colours).
@@ -97,6 +101,45 @@ class ClassifierMetadata(BaseModel):
     weights: WeightProvenanceInfo | None = None
     software: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, value: list[ClassInfo]) -> list[ClassInfo]:
+        if not 2 <= len(value) <= MAX_CLASSES:
+            raise ValueError(f"a classifier has 2 to {MAX_CLASSES} classes, not {len(value)}")
+        if [c.index for c in value] != list(range(len(value))):
+            raise ValueError("class indices must be 0, 1, 2, ... in order")
+        return value
+
+    @field_validator("tile_size")
+    @classmethod
+    def _tile_size(cls, value: int) -> int:
+        if not 32 <= value <= 8192 or value % 32:
+            raise ValueError(f"must be a multiple of 32 from 32 to 8192 (got {value})")
+        return value
+
+    @field_validator("downsample")
+    @classmethod
+    def _downsample(cls, value: float) -> float:
+        if not (value > 0 and value < 1e6):
+            raise ValueError(f"must be a positive number (got {value})")
+        return value
+
+    @field_validator("context_scale")
+    @classmethod
+    def _context_scale(cls, value: int) -> int:
+        from ..config import MAX_CONTEXT_SCALE
+
+        if not 1 <= value <= MAX_CONTEXT_SCALE:
+            raise ValueError(f"must be 1 to {MAX_CONTEXT_SCALE} (got {value})")
+        return value
+
+    @field_validator("input_channels")
+    @classmethod
+    def _channels(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("a classifier takes at least one channel")
+        return value
+
     @property
     def class_names(self) -> list[str]:
         return [c.name for c in self.classes]
@@ -110,8 +153,14 @@ class ClassifierMetadata(BaseModel):
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise ClassifierError(f"{path} is missing: this folder is not a dlpixel classifier") from None
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ClassifierError(f"{path} is not valid JSON ({err}); restore it or delete the classifier") from None
+        except RecursionError:
+            raise ClassifierError(f"{path} is nested too deeply to be classifier metadata") from None
+        except OSError as err:
+            raise ClassifierError(f"cannot read {path} ({err.strerror or err})") from None
+        if not isinstance(data, dict):
+            raise ClassifierError(f"{path} must hold a JSON object; restore it or delete the classifier")
         data = migrate(data, path)
         try:
             return cls.model_validate(data)
@@ -124,6 +173,8 @@ class ClassifierMetadata(BaseModel):
 def migrate(data: dict[str, Any], path: Path) -> dict[str, Any]:
     """Bring older metadata up to ``SCHEMA_VERSION``; refuse metadata from a newer dlpixel."""
     version = data.get("schema_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ClassifierError(f"{path}: schema_version must be a whole number, not {str(version)[:40]!r}")
     if version > SCHEMA_VERSION:
         raise ClassifierError(
             f"{path} was written by a newer dlpixel (schema {version}, this one reads up to {SCHEMA_VERSION}); "

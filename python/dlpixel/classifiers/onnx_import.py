@@ -13,7 +13,7 @@ from ..config import NormalizationConfig, NormStrategy, validate_name
 from ..data.preprocessing import Preprocessing, fixed_stats
 from ..errors import ClassifierError, ConfigError
 from . import store
-from .metadata import PALETTE, ClassifierMetadata, ClassInfo, WeightProvenanceInfo, software_versions
+from .metadata import MAX_CLASSES, PALETTE, ClassifierMetadata, ClassInfo, WeightProvenanceInfo, software_versions
 
 
 def check_onnx(path: Path, n_channels: int, n_classes: int, tile_size: int) -> None:
@@ -75,8 +75,12 @@ def import_onnx(
         raise ConfigError("an imported classifier needs at least two classes (--classes A,B)")
     if not channels:
         raise ConfigError("name the image channels the model takes, in order (--channels Red,Green,Blue)")
-    if tile_size % 32:
-        raise ConfigError(f"tile size must be a multiple of 32 (got {tile_size})")
+    if tile_size % 32 or not 32 <= tile_size <= 8192:
+        raise ConfigError(f"tile size must be a multiple of 32 from 32 to 8192 (got {tile_size})")
+    if not (downsample > 0 and downsample < 1e6):  # also refuses NaN
+        raise ConfigError(f"--downsample must be a positive number (got {downsample})")
+    if len(classes) > MAX_CLASSES:
+        raise ConfigError(f"{len(classes)} classes; a classifier has at most {MAX_CLASSES}")
     check_onnx(onnx_path, len(channels), len(classes), tile_size)
     from ..models.pretrained import sha256_of
 

@@ -49,3 +49,47 @@ def write_text_atomic(path: Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8", newline="")
     return path
+
+
+def inside(root: Path, path: Path, what: str = "path") -> Path:
+    """``path`` with symbolic links resolved, refusing one that ends outside ``root`` or is itself a link: whatever
+    dlpixel writes or deletes stays inside the project."""
+    from ..errors import DataError
+
+    root_real = Path(os.path.realpath(root))
+    real = Path(os.path.realpath(path))
+    if os.path.islink(path):
+        raise DataError(f"{path} is a symbolic link (to {real}); dlpixel does not write or delete through links: "
+                        f"replace it with a real {what}")
+    if real != root_real and root_real not in real.parents:
+        raise DataError(f"{path} resolves to {real}, outside the project {root_real}; refusing to touch it")
+    return real
+
+
+def make_dirs_under(root: Path, folder: Path) -> Path:
+    """Create ``folder`` (and the folders between) inside ``root``, never ``root`` itself: a project folder removed
+    during a run stops it with a one-line error instead of being recreated."""
+    from ..errors import DataError
+
+    if not Path(root).is_dir():
+        raise DataError(f"the project folder {root} no longer exists (moved or deleted during the run); nothing "
+                        "was written")
+    inside(root, folder, "folder")
+    try:
+        rel = Path(folder).relative_to(root)
+    except ValueError:
+        raise DataError(f"{folder} is not inside the project {root}; refusing to create it") from None
+    current = Path(root)
+    for part in rel.parts:
+        current = current / part
+        if os.path.islink(current):
+            inside(root, current, "folder")
+        try:
+            current.mkdir()
+        except FileExistsError:
+            if not current.is_dir():
+                raise DataError(f"cannot create {folder}: {current} is a file where a folder is needed; move the "
+                            "file away") from None
+        except OSError as err:
+            raise DataError(f"cannot create {folder} ({err.strerror or err}); make the project writable") from None
+    return Path(folder)

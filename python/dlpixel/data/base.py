@@ -148,3 +148,16 @@ def select_images(project: Project, names: Sequence[str] | None) -> list[Project
     if missing:
         raise DataError(f"image(s) {missing} are not in the project {project.root}; it has: {sorted(by_name)}")
     return [by_name[n] for n in names]
+
+
+def unique_ids(ids: Sequence[str]) -> list[str]:
+    """The ids of objects in order, a repeated one made unique (``<id>#<position>``), so that two annotations that
+    share an id (copied GeoJSON, duplicated objects) each get their own measurements. The same order of the same
+    objects always gives the same keys."""
+    seen: set[str] = set()
+    out = []
+    for i, raw in enumerate(ids):
+        key = raw if raw not in seen else f"{raw}#{i}"
+        seen.add(key)
+        out.append(key)
+    return out

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..config import NAME_PATTERN
 from ..errors import ConfigError, DataError
-from ._io import write_text_atomic
+from ._io import make_dirs_under, write_text_atomic
 from .base import LabelShape, ProjectImage
 from .geojson import ObjectType, read_geojson, write_geojson
 from .images import FLAT_SUFFIXES, TIFF_SUFFIXES, FileImageSource, write_ome_tiff
@@ -73,10 +73,14 @@ class FolderImage:
                 self._annotations = []
             else:
                 shapes = read_geojson(self.geojson_path)
-                self._annotations = [
-                    s if s.id is not None else dataclasses.replace(s, id=self._derived_id(i))
-                    for i, s in enumerate(shapes)
-                ]
+                # A missing or repeated id gets one of its own, so that each annotation gets its own measurements.
+                seen: set[str] = set()
+                self._annotations = []
+                for i, s in enumerate(shapes):
+                    if s.id is None or s.id in seen:
+                        s = dataclasses.replace(s, id=self._derived_id(i))
+                    seen.add(s.id)  # type: ignore[arg-type]
+                    self._annotations.append(s)
         return list(self._annotations)
 
     def _derived_id(self, index: int) -> str:
@@ -102,6 +106,7 @@ class FolderImage:
         image's annotations, written to ``<stem>.annotations.geojson``, and tabulated in ``<stem>.measurements.csv``.
         """
         out = self.results_dir(classifier)
+        make_dirs_under(self.root, out)
         written: list[Path] = []
         if objects is not None:
             written.append(write_geojson(out / f"{self.stem}.objects.geojson", list(objects), object_type))

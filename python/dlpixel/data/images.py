@@ -107,6 +107,11 @@ class _ZarrLevel:
         if not channel_axes:
             channel_axes = [i for i, a in enumerate(axes) if a not in "YXZT"][:1]
         self._fixed = {i for i, a in enumerate(axes) if a not in "YX" and i not in channel_axes}
+        extra = [f"{axes[i]}={array.shape[i]}" for i in sorted(self._fixed) if axes[i] not in "ZT" and array.shape[i] > 1]
+        if extra:
+            raise DataError(f"{path}: {len(axes)}-D image (axes {axes!r}, {', '.join(extra)} beside Y, X and channels);"
+                            " save each plane as its own 2-D (multichannel) image")
+        self.path = path
         self._axes = axes
         self.n_z = int(array.shape[axes.index("Z")]) if "Z" in axes else 1
         self.n_t = int(array.shape[axes.index("T")]) if "T" in axes else 1
@@ -128,7 +133,12 @@ class _ZarrLevel:
                 index.append(plane[0] if axis == "Z" else plane[1] if axis == "T" else 0)
             else:
                 index.append(slice(None))
-        block = np.asarray(self.array[tuple(index)])
+        try:
+            block = np.asarray(self.array[tuple(index)])
+        except Exception as exc:  # noqa: BLE001 - tifffile, zarr and the codecs raise many types for damaged data
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+            raise DataError(f"{self.path}: cannot read its pixels ({reason}); the file is truncated or damaged: "
+                            "copy or export it again") from None
         return block.transpose(self._order).reshape(y1 - y0, x1 - x0, self.channels)
 
 
@@ -215,6 +225,13 @@ class FileImageSource:
             raise ValueError(f"invalid region: downsample={downsample}, w={w}, h={h}")
         if self._pid != os.getpid():
             self._reopen()
+        out = self._read_region(downsample, x, y, w, h)
+        if out.dtype.kind == "f" and not np.isfinite(out).all():
+            raise DataError(f"{self.path}: NaN or infinite pixel values in the region at ({x}, {y}); replace them "
+                            "(for example with 0) before training or applying")
+        return out
+
+    def _read_region(self, downsample: float, x: int, y: int, w: int, h: int) -> np.ndarray:
         rows, cols = region_shape(downsample, w, h)
         index = max(i for i, d in enumerate(self.downsamples) if i == 0 or d <= downsample * (1 + _TOL))
         level_ds = self.downsamples[index]

@@ -34,6 +34,10 @@ def check_channels(meta: ClassifierMetadata, source: ImageSource, image: str) ->
     missing = [c for c in pre.channel_names if c not in names]
     if missing:
         if len(names) == len(pre.channel_names) and not set(pre.channel_names) & set(names):
+            bad = [c for c in pre.channels if not 0 <= c < len(names)]
+            if bad or len(pre.channels) != len(pre.channel_names):
+                raise DataError(f"classifier '{meta.name}' reads channel indices {pre.channels}, but image '{image}' "
+                                f"has {len(names)} channel(s); check the classifier's metadata.json or the image")
             return pre  # unnamed or renamed channels of the same count: keep the trained order
         raise DataError(
             f"image '{image}' lacks the channels {missing} that classifier '{meta.name}' expects "
@@ -63,18 +67,30 @@ def output_folder(project: Project, image: ProjectImage, classifier: str, output
     return results_dir(classifier) if results_dir is not None else None
 
 
-def check_output_folder(folder: Path) -> None:
+def check_output_folder(folder: Path, root: Path | None = None) -> None:
     """Create ``folder`` and write a file into it, so a folder that cannot be written stops ``apply`` before any
-    tile is computed, with a one-line error naming it."""
+    tile is computed, with a one-line error naming it. Inside a project (``root``) the folder must lie inside it and
+    not be a symbolic link, and the project folder itself is never created."""
     import tempfile
 
+    from ..data._io import make_dirs_under
+
     try:
+        if root is not None:
+            make_dirs_under(Path(root), folder)
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as err:
         raise DataError(f"cannot write to the output folder {folder} ({err.strerror or type(err).__name__}); "
                         "make it writable or move the project") from None
+
+
+def _check_project(project: Project) -> None:
+    """Stop with a one-line error when the project folder disappeared during the run (it is never recreated)."""
+    if not Path(project.root).is_dir():
+        raise DataError(f"the project folder {project.root} no longer exists (moved or deleted during the run); "
+                        "nothing was written")
 
 
 def scope_shapes(image: ProjectImage, cfg: InferenceConfig, context: dict[str, Any]) -> list[LabelShape] | None:
@@ -135,7 +151,7 @@ def apply_classifier(
     check_request(meta, cfg, images, context)
     for folder in dict.fromkeys(output_folder(project, im, classifier, cfg.output) for im in images):
         if folder is not None:
-            check_output_folder(folder)
+            check_output_folder(folder, project.root if folder.is_relative_to(project.root) else None)
     backend = load_backend(entry.path, meta, cfg.backend, cfg.device)
     emit("stage", stage="inference", message=f"applying '{classifier}' with {backend.name} on {backend.device}")
     predictor = Predictor(backend, meta, cfg.tile_size, cfg.overlap, cfg.batch_size, cfg.reader_threads, emit, cancel)
@@ -284,11 +300,18 @@ def _predict_plane(
             else:
                 data = strip.classes()
             sink.add_strip(strip.y, data)
+        _check_project(project)
+        if cfg.output in MAP_OUTPUTS:
+            sink.close()
+    except OSError as err:
+        if hasattr(sink, "abort"):
+            sink.abort()
+        raise DataError(f"cannot write the {cfg.output} of image '{image.name}' to {project.root / 'results'} "
+                        f"({err.strerror or err}); free disk space or make the project writable") from None
     except BaseException:
         if hasattr(sink, "abort"):
             sink.abort()
         raise
     if cfg.output in MAP_OUTPUTS:
-        sink.close()
         sink.written = [path, preview] + ([overlay, overlay.with_suffix(".json")] if overlay is not None else [])
     return sink

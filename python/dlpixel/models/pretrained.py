@@ -14,6 +14,7 @@ import importlib.util
 import os
 import re
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
@@ -342,10 +343,39 @@ def _from_hub(spec: WeightSpec, target: Path, offline: bool) -> Path:
         raise _missing(spec, target, why) from None
 
 
+_STARTED = time.time()
+
+
+def clean_partial_downloads(folder: Path) -> list[Path]:
+    """Remove the ``.<file>.<pid>.<random>.part`` files of downloads that were killed: those whose process is gone,
+    and those without a PID older than this process."""
+    removed = []
+    for part in Path(folder).glob(".*.part"):
+        words = part.name.split(".")
+        pid = int(words[-3]) if len(words) >= 4 and words[-3].isdigit() else None
+        try:
+            if pid is not None:
+                if pid == os.getpid():
+                    continue
+                os.kill(pid, 0)
+                continue  # its download is still running
+            if part.stat().st_mtime >= _STARTED:
+                continue
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        part.unlink(missing_ok=True)
+        removed.append(part)
+    return removed
+
+
 def _download(spec: WeightSpec, target: Path) -> Path:
     assert spec.url is not None
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=target.parent)
+    clean_partial_downloads(target.parent)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{spec.filename}.{os.getpid()}.", suffix=".part",
+                                         dir=target.parent)
     temp = Path(temp_name)
     honour_umask(temp)
     digest = hashlib.sha256()
@@ -382,6 +412,8 @@ def fetch(spec: WeightSpec, *, offline: bool | None = None) -> Path:
         return path
     offline = is_offline() if offline is None else offline
     target = cache_dir() / spec.filename
+    if target.parent.is_dir():
+        clean_partial_downloads(target.parent)
     if target.is_file():
         _check_digest(spec, target, sha256_of(target))
         return target

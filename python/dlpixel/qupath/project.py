@@ -12,7 +12,7 @@ import jpype
 import numpy as np
 import shapely
 
-from ..data.base import LabelShape
+from ..data.base import LabelShape, unique_ids
 from ..errors import DataError
 from .jvm import QuPathError, java_error, parse_version, runtime, start_jvm
 from .pixels import QuPathImageSource
@@ -246,18 +246,34 @@ class QuPathImage:
         if self._live is not None:
             return self._live
         self.check_files()
-        try:
-            return self._entry.readImageData()
-        except jpype.JException as e:
-            raise DataError(f"cannot read image {self.name!r} of {self.project.path}: {java_error(e)}") from e
+        return self._read_data(self._entry.readImageData, "image")
 
     def _hierarchy(self) -> Any:
         if self._live is not None:
             return self._live.getHierarchy()
+        return self._read_data(self._entry.readHierarchy, "the objects of image")
+
+    def _read_data(self, read: Any, what: str) -> Any:
+        """``read()``; when data.qpdata cannot be read (a save that was killed leaves it short), restore it from its
+        newest backup (logged) and read again, else name the file and its backups in a one-line error."""
+        from .writeback import restore_from_backup
+
         try:
-            return self._entry.readHierarchy()
+            return read()
         except jpype.JException as e:
-            raise DataError(f"cannot read the objects of image {self.name!r}: {java_error(e)}") from e
+            first = e
+        data = self.data_file
+        if data is None or not data.is_file():
+            raise DataError(f"cannot read {what} {self.name!r} of {self.project.path}: {java_error(first)}") from first
+        used = restore_from_backup(data, self.name)
+        if used is None:
+            raise DataError(f"cannot read {what} {self.name!r}: {data} is unreadable ({java_error(first)}) and has no "
+                            "backup; restore it from your own backup or delete it to start the image afresh")
+        try:
+            return read()
+        except jpype.JException as e:
+            raise DataError(f"cannot read {what} {self.name!r}: {data} is unreadable and so is its newest backup "
+                            f"{used.name} ({java_error(e)}); copy an older backup ({data.name}.*.bak) over it") from e
 
     def open(self) -> QuPathImageSource:
         """An ImageSource over the image's server."""
@@ -323,7 +339,8 @@ def path_objects_to_shapes(path_objects: Any) -> list[LabelShape]:
     geoms = shapely.from_wkb(blobs)
     names_method = runtime().compat.measurement_names
     shapes = []
-    for o, geom in zip(objs, geoms):
+    keys = unique_ids([str(o.getID().toString()) for o in objs])
+    for o, geom, key in zip(objs, geoms, keys):
         pc = o.getPathClass()
         if pc is not None and pc.getName() is None:  # PathClass.NULL_CLASS: unclassified
             pc = None
@@ -336,7 +353,7 @@ def path_objects_to_shapes(path_objects: Any) -> list[LabelShape]:
             geometry=geom,
             kind=LabelShape.kind_of(geom),
             color=_rgb(pc.getColor()) if pc is not None else None,
-            id=str(o.getID().toString()),
+            id=key,
             name=_str(o.getName()),
             measurements=measurements,
             plane=(int(o.getROI().getZ()), int(o.getROI().getT())),

@@ -12,6 +12,7 @@ other kind, and measuring a selection leaves the other annotations' results alon
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import jpype
 import shapely
 
-from ..data.base import LabelShape, ObjectType
+from ..data.base import LabelShape, ObjectType, unique_ids
 from ..errors import ConfigError, DataError
 from .jvm import java_error, runtime
 
@@ -118,7 +119,8 @@ def _apply(image_data: Any, classifier: str, objects: list[LabelShape] | None, o
     hierarchy = image_data.getHierarchy()
     targets = {}
     if measurements:
-        by_id = {str(o.getID().toString()): o for o in hierarchy.getAnnotationObjects()}
+        annotations = [o for o in hierarchy.getAnnotationObjects() if o.getROI() is not None]
+        by_id = dict(zip(unique_ids([str(o.getID().toString()) for o in annotations]), annotations))
         missing = [k for k in measurements if k not in by_id]
         if missing:
             raise DataError(f"image {image_name!r} has no annotation with id {missing[0]}: its objects changed since"
@@ -144,15 +146,75 @@ def _apply(image_data: Any, classifier: str, objects: list[LabelShape] | None, o
     return len(new_objects), n_values
 
 
+BACKUPS_KEPT = 5
+"""Backups ``data.qpdata.<time>.bak`` kept per image; older ones are removed after each successful save."""
+
+
+def backups_of(data: Path) -> list[Path]:
+    """The image's backups of ``data.qpdata``, oldest first: dlpixel's ``.bak`` files, then QuPath's own
+    ``data.qpdata.bkp`` (what QuPath keeps while it writes), which is the newest when present."""
+    ours = sorted(data.parent.glob(f"{data.name}.*.bak"))
+    theirs = data.with_name(f"{data.name}.bkp")
+    return ours + ([theirs] if theirs.is_file() else [])
+
+
+def _backup(data: Path, image_name: str) -> Path:
+    """Copy data.qpdata to a new backup: under a temporary name first, so a full disk leaves no empty or short
+    backup, only a one-line error."""
+    backup = data.with_name(f"{data.name}.{datetime.now().strftime('%Y%m%dT%H%M%S%f')}.bak")
+    partial = backup.with_name(backup.name + ".partial")
+    try:
+        shutil.copy2(data, partial)
+        os.replace(partial, backup)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise DataError(f"cannot back up the data of image {image_name!r} to {data.parent} ({err.strerror or err});"
+                        " free disk space; nothing was changed") from None
+    return backup
+
+
+def prune_backups(data: Path, keep: int = BACKUPS_KEPT) -> None:
+    for old in sorted(data.parent.glob(f"{data.name}.*.bak"))[:-keep]:
+        old.unlink(missing_ok=True)
+    for stale in data.parent.glob(f"{data.name}.*.bak.partial"):
+        stale.unlink(missing_ok=True)
+
+
+def restore_from_backup(data: Path, image_name: str) -> Path | None:
+    """Replace an unreadable data.qpdata (a save that was killed leaves it short) with its newest backup; the bad
+    file is kept beside it as ``data.qpdata.<time>.unreadable``. Returns the backup used, or None when there is
+    none."""
+    candidates = [b for b in reversed(backups_of(data)) if b.stat().st_size > 0]
+    if not candidates:
+        return None
+    source = candidates[0]
+    stamp = datetime.now().strftime('%Y%m%dT%H%M%S%f')
+    kept = data.with_name(f"{data.name}.{stamp}.unreadable")
+    tmp = data.with_name(f"{data.name}.{stamp}.restoring")
+    try:
+        shutil.copy2(source, tmp)
+        if data.exists():
+            os.replace(data, kept)
+        os.replace(tmp, data)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"the data of image {image_name!r} ({data}) is unreadable and restoring it from {source} "
+                        f"failed ({err.strerror or err}); copy that backup over it by hand") from None
+    log.warning("image %r: %s was unreadable (kept as %s); restored it from the backup %s", image_name, data,
+                kept.name if kept.exists() else "-", source.name)
+    return source
+
+
 def _save_with_backup(image: QuPathImage, image_data: Any) -> tuple[Path, Path | None]:
-    """``entry.saveImageData`` after copying data.qpdata to ``data.qpdata.<time>.bak``; restore it on failure."""
+    """``entry.saveImageData`` after copying data.qpdata to ``data.qpdata.<time>.bak``; restore it on failure.
+    Only the last ``BACKUPS_KEPT`` backups are kept."""
     data = image.data_file
     if data is None:
         raise DataError(f"image {image.name!r} is not stored on the local file system; cannot save its data")
-    backup = None
-    if data.exists():
-        backup = data.with_name(f"data.qpdata.{datetime.now().strftime('%Y%m%dT%H%M%S%f')}.bak")
-        shutil.copy2(data, backup)
+    if not data.parent.parent.parent.is_dir():
+        raise DataError(f"the project folder of image {image.name!r} ({data.parent.parent.parent}) no longer exists "
+                        "(moved or deleted during the run); nothing was written")
+    backup = _backup(data, image.name) if data.exists() else None
     try:
         image.entry.saveImageData(image_data)
     except BaseException as e:
@@ -164,6 +226,7 @@ def _save_with_backup(image: QuPathImage, image_data: Any) -> tuple[Path, Path |
             raise DataError(f"cannot save image {image.name!r} of {image.project.path}: {java_error(e)}; the"
                             " previous data was restored") from e
         raise
+    prune_backups(data)
     return data, backup
 
 

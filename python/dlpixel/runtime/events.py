@@ -7,7 +7,9 @@ same stream. A listener is any callable taking one event; it may cancel the run 
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -43,8 +45,29 @@ class Emitter:
 
     def __call__(self, event: str, **fields: Any) -> None:
         payload: Event = {"event": event, **fields}
+        if PAUSE_ENV in os.environ:
+            pause_point(f"{event}:{fields['stage']}" if event == "stage" else event)
         for listener in self.listeners:
             listener(payload)
 
     def log(self, message: str, level: str = "info") -> None:
         self("log", level=level, message=message)
+
+
+PAUSE_ENV = "DLPIXEL_PAUSE_AT"
+"""Fault-injection hook for tests: a run whose ``$DLPIXEL_PAUSE_AT`` names a pause point (``stage:saving``,
+``epoch``, ``swap``, ...) creates the file ``$DLPIXEL_PAUSE_FILE`` there and waits until it is deleted, so a test
+can kill or interrupt it at exactly that point."""
+
+
+def pause_point(name: str) -> None:
+    """Wait here while ``$DLPIXEL_PAUSE_AT`` names this point and ``$DLPIXEL_PAUSE_FILE`` exists (tests only)."""
+    if os.environ.get(PAUSE_ENV) != name:
+        return
+    marker = os.environ.get("DLPIXEL_PAUSE_FILE")
+    if not marker:
+        return
+    with open(marker, "w") as f:
+        f.write(str(os.getpid()))
+    while os.path.exists(marker):
+        time.sleep(0.02)

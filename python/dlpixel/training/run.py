@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 
 from ..classifiers import store
 from ..classifiers.metadata import (
+    MAX_CLASSES,
     PALETTE,
     ClassifierMetadata,
     ClassInfo,
@@ -21,7 +23,7 @@ from ..classifiers.metadata import (
 )
 from ..config import TrainingConfig
 from ..data.base import ImageSource, LabelShape, Project, ProjectImage, at_plane, by_plane, select_images
-from ..data.patches import DEFAULT_STROKE_PX, check_tile_fits, extract_patches, label_counts, split_tiles
+from ..data.patches import DEFAULT_STROKE_PX, UNLABELLED, check_tile_fits, extract_patches, label_counts, split_tiles
 from ..data.preprocessing import Preprocessing, dataset_stats, image_stats, resolve_channels, sample_pixels
 from ..errors import ConfigError, DataError
 from ..runtime.events import CancelToken, Emitter, Listener
@@ -83,6 +85,9 @@ def gather_training_data(
             classes = found
         if len(classes) < 2:
             raise DataError(f"at least two annotated classes are needed to train; found only {classes}")
+        if len(classes) > MAX_CLASSES:
+            raise ConfigError(f"{len(classes)} classes; at most {MAX_CLASSES} can be trained (label value "
+                              f"{UNLABELLED} means unlabelled): merge classes or list the ones to train (classes=...)")
         unknown = [c for c in cfg.class_weights if c not in classes]
         if unknown:
             raise ConfigError(f"class_weights names classes {unknown} that are not trained; classes: {classes}")
@@ -140,16 +145,17 @@ def train_classifier(
     emit = Emitter(listeners if distributed.is_main() else ())  # under DDP, rank 0 alone reports and saves
     cancel = cancel or CancelToken()
     store.check_free(project.root, name, overwrite)
-
-    emit("stage", stage="reading", message="reading images and annotations")
-    data = gather_training_data(project, image_names, cfg, match_classes)
-    try:
-        cfg, pre, cache = _extract(data, cfg, emit, cancel)
-    finally:
-        for src in data.sources:
-            src.close()
-    names = [im.name for im in data.images]
-    return _train_and_save(project, name, cfg, data, names, pre, cache, overwrite, emit, cancel)
+    # The name is held for the whole run: a second run with the same name stops at once with a one-line error.
+    with distributed.main_only(store.name_lock(project.root, name)):
+        emit("stage", stage="reading", message="reading images and annotations")
+        data = gather_training_data(project, image_names, cfg, match_classes)
+        try:
+            cfg, pre, cache = _extract(data, cfg, emit, cancel)
+        finally:
+            for src in data.sources:
+                src.close()
+        names = [im.name for im in data.images]
+        return _train_and_save(project, name, cfg, data, names, pre, cache, overwrite, emit, cancel)
 
 
 def _extract(data: TrainingData, cfg: TrainingConfig, emit: Emitter, cancel: CancelToken) -> tuple[
@@ -298,7 +304,11 @@ def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: Trai
         return None  # type: ignore[return-value]
     emit("stage", stage="saving", message="saving the classifier")
     with store.staging_folder(project.root, name, overwrite) as tmp:
-        torch.save(result.model.state_dict(), tmp / store.WEIGHTS)
+        try:
+            torch.save(result.model.state_dict(), tmp / store.WEIGHTS)
+        except RuntimeError as err:  # torch reports a failed write (a full disk) as a RuntimeError
+            raise OSError(errno.ENOSPC if "pos" in str(err) or "write" in str(err) else errno.EIO,
+                          f"writing {store.WEIGHTS} failed ({str(err).splitlines()[0][:120]})") from None
         export_onnx(result.model, tmp / store.ONNX, pre.n_inputs, n_classes)
         store.write_json(tmp / store.HISTORY, result.history)
         meta.write(tmp / store.METADATA)
