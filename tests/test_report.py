@@ -320,3 +320,35 @@ def test_advice_with_a_class_name_with_spaces_is_quoted_for_a_shell_and_parses_b
     args = build_parser().parse_args(["train", *words])
     cfg, _ = training_settings(args)
     assert cfg.class_weights == {"Optic disc": 2.0}
+
+
+def test_axis_titles_stand_clear_of_the_tick_labels():
+    """The y-axis title is drawn rotated left of the tick labels: measured in DejaVu Sans (the sans-serif that
+    renders the report here), no tick label of the learning-rate chart reaches it."""
+    import xml.etree.ElementTree as ET
+
+    from dlpixel.report.plots import Series, line_chart
+    from PIL import ImageFont
+
+    font_file = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+    if not font_file.exists():
+        pytest.skip("DejaVu Sans is not installed (Debian: fonts-dejavu-core)")
+    font = ImageFont.truetype(str(font_file), 12)
+    _, descent = font.getmetrics()
+    for values in ([5e-4, 4e-4, 2e-4, 1e-5], [0.9, 0.5, 0.1], [1234.0, 20.0]):
+        svg = ET.fromstring(line_chart([Series("learning rate", values, "#2ca02c")], "Learning rate", "learning rate"))
+        texts = [t for t in svg.iter("{http://www.w3.org/2000/svg}text")]
+        title = next(t for t in texts if "rotate(-90)" in t.get("transform", ""))
+        title_x = float(title.get("transform").split("(")[1].split(",")[0])
+        ticks = [t for t in texts if t.get("text-anchor") == "end" and t.get("x") is not None]
+        assert ticks
+        leftmost = min(float(t.get("x")) - font.getlength(t.text) for t in ticks)
+        assert leftmost > title_x + descent, (values, leftmost, title_x + descent)
+
+
+def test_the_run_table_has_no_empty_header_row(tmp_path):
+    meta = _meta({"Tumor": 0.9, "Stroma": 0.85}, [[180, 20], [15, 185]])
+    text = write_report(tmp_path, meta, HEALTHY, []).read_text()
+    page = Page(text)
+    run = text[text.index('<table id="run">'): text.index("</table>", text.index('<table id="run">'))]
+    assert "<thead>" not in run and "<th></th>" not in run and run.count("<tr>") == len(page.tables["run"])

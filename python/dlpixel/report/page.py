@@ -124,10 +124,11 @@ def _swatch(meta: ClassifierMetadata, name: str) -> str:
 
 
 def _table(table_id: str, caption: str, header: Sequence[str], rows: Sequence[str]) -> str:
+    """A table; no header row when ``header`` is empty (a table of names and values)."""
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = "".join(f"<tr>{r}</tr>" for r in rows)
-    return (f'<table id="{table_id}"><caption>{_e(caption)}</caption><thead><tr>{head}</tr></thead>'
-            f"<tbody>{body}</tbody></table>")
+    thead = f"<thead><tr>{head}</tr></thead>" if header else ""
+    return f'<table id="{table_id}"><caption>{_e(caption)}</caption>{thead}<tbody>{body}</tbody></table>'
 
 
 def _figure(fig_id: str, svg: str, alt: str) -> str:
@@ -215,7 +216,7 @@ def _settings(meta: ClassifierMetadata) -> str:
     if r:
         run += [("device", f"{r.device} ({r.precision})"), ("training time", f"{r.seconds:.0f} s")]
     rows = [f'<th scope="row">{_e(k)}</th>' + _td(v) for k, v in run]
-    out = _table("run", "Run", ["", ""], rows)
+    out = _table("run", "Run", [], rows)
     if meta.training is None:
         return out + "<p>No training settings were recorded.</p>"
     changed = changed_settings(meta.training)

@@ -65,6 +65,15 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     return ticks
 
 
+CHAR_WIDTH = 7.7
+"""Widest character of a 12 px sans-serif tick label, in pixels (DejaVu Sans digits: 0.636 em)."""
+Y_TITLE_X = 14
+"""Baseline of the rotated y-axis title; its glyphs reach ``Y_TITLE_RIGHT`` (the 12 px font's descent)."""
+Y_TITLE_RIGHT = Y_TITLE_X + 4
+Y_TICK_GAP = 6
+"""Pixels between a y tick label and the plot."""
+
+
 def _fmt(value: float) -> str:
     if value == 0:
         return "0"
@@ -86,8 +95,7 @@ def line_chart(
     Each series' values are also kept as JSON in a ``data-values`` attribute, so the figure can be checked against
     the numbers it was drawn from.
     """
-    left, right, top, bottom = 62, 170, 30, 44
-    pw, ph = width - left - right, height - top - bottom
+    right, top, bottom = 170, 30, 44
     n = max((len(s.values) for s in series), default=0)
     finite = [float(v) for s in series for v in s.values if v is not None and math.isfinite(v)]
     if y_range is not None:
@@ -101,6 +109,9 @@ def line_chart(
     else:
         y_lo, y_hi = 0.0, 1.0
     yt = [t for t in nice_ticks(y_lo, y_hi) if y_lo - 1e-12 <= t <= y_hi + 1e-12] or [y_lo, y_hi]
+    # The axis title stands left of the widest tick label, never on it ("5.0e-04" is wider than "0.5").
+    left = max(62, math.ceil(Y_TITLE_RIGHT + Y_TICK_GAP + max(len(_fmt(t)) for t in yt) * CHAR_WIDTH + 2))
+    pw, ph = width - left - right, height - top - bottom
     x_lo, x_hi = (0.5, 1.5) if n <= 1 else (1.0, float(n))
     xt = [t for t in nice_ticks(x_lo, x_hi, 8) if t >= 1 and t == int(t) and t <= max(n, 1)] or [1.0]
 
@@ -120,14 +131,14 @@ def line_chart(
     for t in yt:
         y = sy(t)
         out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#e4e4e4"/>')
-        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
+        out.append(f'<text x="{left - Y_TICK_GAP}" y="{y + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
     for t in xt:
         x = sx(t)
         out.append(f'<line x1="{x:.1f}" y1="{top + ph}" x2="{x:.1f}" y2="{top + ph + 4}" stroke="#555"/>')
         out.append(f'<text x="{x:.1f}" y="{top + ph + 17}" text-anchor="middle">{int(t)}</text>')
     out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>')
     out.append(f'<text x="{left + pw / 2:.1f}" y="{height - 8}" text-anchor="middle">{escape(x_label)}</text>')
-    out.append(f'<text transform="translate(14,{top + ph / 2:.1f}) rotate(-90)" text-anchor="middle">'
+    out.append(f'<text transform="translate({Y_TITLE_X},{top + ph / 2:.1f}) rotate(-90)" text-anchor="middle">'
                f"{escape(y_label)}</text>")
     for x, label in markers:
         px = sx(x)
