@@ -275,3 +275,14 @@ def test_helper_cancels_a_subprocess_through_the_cancel_file(shell, tmp_path):
         }
     """, python=str(exe))
     assert got == {"event": "result", "ok": True, "result": {"stopped": "stop"}}
+
+
+def test_menu_compiles_on_qupaths_groovy(shell):
+    """The menu is a startup script for QuPath's own Groovy: it must compile there (JavaFX is looked up at run time)."""
+    menu = str(groovy_source_dir() / "menu" / "DLPixelMenu.groovy")
+    got = shell(f"""
+        def loader = new GroovyClassLoader(getClass().classLoader)
+        groovy.json.JsonOutput.toJson([{json.dumps(menu)}, {json.dumps(LOGIC)}, {json.dumps(HELPER)}].collect {{
+            loader.parseClass(new File(it)).name }})
+    """)
+    assert got == ["DLPixelMenu", "DLPixelMenuLogic", "DLPixel"]
