@@ -181,6 +181,19 @@ def test_qupath_on_too_old_a_java_says_which_java_it_needs(tmp_path):
     assert line.startswith(f"error: QuPath {version_of(newer)} needs Java {wanted}; found 17"), proc.stderr
 
 
+def test_a_dlpixel_process_on_qupath_prints_only_its_output(project_dir, qupath_dir):
+    """A separate dlpixel process on this QuPath: standard output holds the command's output alone (QuPath's log goes
+    to standard error), and Java 22+ does not warn about JPype's native access."""
+    import subprocess
+
+    env = {**os.environ, "QUPATH_HOME": str(qupath_dir)}
+    proc = subprocess.run([sys.executable, "-m", "dlpixel", "images", "--project", str(project_dir)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["rgb.tif", "multi.tif"]
+    assert "restricted method" not in proc.stderr and "enable-native-access" not in proc.stderr, proc.stderr
+
+
 def test_java_logging_goes_to_stderr_and_warnings_only(runtime, capfd):
     """QuPath's logback prints to standard output unless told otherwise; dlpixel's processes keep standard output for
     results and --events lines."""

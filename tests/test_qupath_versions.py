@@ -17,7 +17,7 @@ OTHERS = [k for k in kits() if qupath_home() is None or k.resolve() != qupath_ho
 @pytest.mark.skipif(not OTHERS, reason="one QuPath or none under test: this process runs the QuPath tests on it")
 @pytest.mark.parametrize("home", OTHERS, ids=[f"qupath-{version_of(k)}" for k in OTHERS])
 def test_qupath_tests_pass_on(home):
-    env = {**os.environ, "QUPATH_HOME": str(home), "DLPIXEL_TEST_QUPATH": str(home)}
+    env = {**os.environ, "QUPATH_HOME": str(home)}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *QUPATH_MODULES],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-60:])
