@@ -97,8 +97,9 @@ def _axis_weights(start: float, pixel: float, index0: int, n: int, level_ds: flo
     b = np.clip(b, 0.0, level_len)
     length = b - a
     first = np.floor(a + EPS).astype(np.int64)
-    # An output pixel spans at most ceil(pixel / level_ds) + 1 level pixels.
-    m = int(math.ceil(pixel / level_ds - EPS)) + 1
+    last = np.maximum(np.ceil(b - EPS).astype(np.int64), first + 1)
+    # The most level pixels one output pixel spans (extra terms carry weight 0 and add exactly nothing).
+    m = int((last - first).max())
     k = first[:, None] + np.arange(m)[None, :]
     w = np.minimum(b[:, None], k + 1.0) - np.maximum(a[:, None], k.astype(np.float64))
     w = np.clip(w, 0.0, None)
@@ -106,9 +107,7 @@ def _axis_weights(start: float, pixel: float, index0: int, n: int, level_ds: flo
     ok = length > EPS
     w[ok] /= length[ok, None]
     w[~ok] = 0.0
-    k0 = int(first.min())
-    k1 = int(first.max()) + m
-    return first, w.astype(np.float32), k0, k1
+    return first, w.astype(np.float32), int(first.min()), int((first + m).max())
 
 
 def _resample_axis(data: np.ndarray, axis: int, first: np.ndarray, w: np.ndarray, k0: int) -> np.ndarray:
@@ -145,7 +144,13 @@ def read_pixels(source: ImageSource, x0: float, y0: float, pixel: float, col0: i
         read = read[..., list(channels)]
     if _is_selection(wx) and _is_selection(wy):
         # Each output pixel is one level pixel (or outside the image, where the read is 0 already).
-        return read[fy - ky0][:, fx - kx0]
+        outside_x, outside_y = wx[:, 0] == 0, wy[:, 0] == 0
+        if not outside_x.any() and not outside_y.any() and np.all(np.diff(fx) == 1) and np.all(np.diff(fy) == 1):
+            return read[fy[0] - ky0: fy[0] - ky0 + rows, fx[0] - kx0: fx[0] - kx0 + cols]
+        out = read[fy - ky0][:, fx - kx0]
+        out[outside_y] = 0
+        out[:, outside_x] = 0
+        return out
     data = read.astype(np.float32)
     data = _resample_axis(data, 1, fx, wx, kx0)
     return _resample_axis(data, 0, fy, wy, ky0)
