@@ -227,3 +227,49 @@ def test_second_ctrl_c_aborts_and_writes_nothing(tiny):
     assert "Traceback" not in err
     assert not (store.classifiers_dir(tiny) / "ctrl_c_twice").exists()
     assert not [p for p in store.classifiers_dir(tiny).iterdir() if p.name.startswith(".ctrl_c_twice")]
+
+
+def test_help_settings_piped_into_a_reader_that_stops_ends_quietly():
+    """`dlpixel train --help-settings | head`: the reader is gone before the first line is written."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "dlpixel", "train", "--help-settings"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and err == b"", err.decode()
+
+
+def test_maps_cover_the_whole_image_and_a_run_that_writes_nothing_fails(tiny, tmp_path, capsys):
+    """An image annotated with strokes only: a map covers the whole image by default; objects in the default scope
+    (area annotations) have nowhere to go, and apply says so and exits non-zero."""
+    import json
+    import shutil
+
+    import tifffile
+
+    strokes = tmp_path / "strokes"
+    strokes.mkdir()
+    shutil.copyfile(tiny / "synthetic.tif", strokes / "synthetic.tif")
+    feats = json.loads((tiny / "synthetic.tif.geojson").read_text())
+    feats["features"] = [f for f in feats["features"] if f["geometry"]["type"] == "LineString"]
+    assert feats["features"]
+    (strokes / "synthetic.tif.geojson").write_text(json.dumps(feats))
+    shutil.copytree(tiny / "classifiers", strokes / "classifiers")
+
+    assert main(["apply", "--project", str(strokes), "--classifier", "tiny", "--output", "map", "--quiet"]) == 0
+    maps = [p for p in capsys.readouterr().out.split() if p.endswith(".ome.tif")]
+    assert len(maps) == 1
+    with tifffile.TiffFile(maps[0]) as tif:
+        classes = tif.series[0].levels[0].asarray()
+    assert classes.shape[-2:] == (192, 192) and (classes != 255).all()
+
+    before = sorted(p for p in strokes.rglob("*") if p.is_file())
+    assert main(["apply", "--project", str(strokes), "--classifier", "tiny", "--output", "objects", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("error: nothing was written: image 'synthetic.tif' has no annotations in scope 'annotations'; "
+                   "draw area annotations, or use --scope image")
+    assert sorted(p for p in strokes.rglob("*") if p.is_file()) == before

@@ -336,6 +336,10 @@ class TrainingConfig(_Settings):
         return value
 
 
+WHOLE_IMAGE_OUTPUTS = ("map", "probabilities", "overlay")
+"""Outputs whose ``scope`` defaults to the whole image."""
+
+
 class InferenceConfig(_Settings):
     """Settings of ``dlpixel apply``; a None takes the classifier's own value."""
 
@@ -344,7 +348,7 @@ class InferenceConfig(_Settings):
     the open image (``DLPixel.applyOverlay``)."""
     scope: Literal["annotations", "selected", "image"] = "annotations"
     """Where to compute: every classified or unclassified annotation, the selected ones (QuPath only), or the
-    whole image."""
+    whole image. Left unset, ``map``, ``probabilities`` and ``overlay`` cover the whole image."""
     tile_size: int | None = None
     overlap: int | None = None
     """Pixels (at the classifier's resolution) shared by neighbouring tiles and blended; None = a quarter tile."""
@@ -368,6 +372,14 @@ class InferenceConfig(_Settings):
     @classmethod
     def _old_precision(cls, data: Any) -> Any:
         return _map_mixed_precision(data)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _maps_cover_the_image(cls, data: Any) -> Any:
+        """A map is of the whole image unless a scope is given (annotations may be lines only, or none)."""
+        if isinstance(data, dict) and data.get("scope") is None and data.get("output") in WHOLE_IMAGE_OUTPUTS:
+            data = {**data, "scope": "image"}
+        return data
 
     @field_validator("tile_size")
     @classmethod

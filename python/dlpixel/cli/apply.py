@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from ..config import InferenceConfig, build_config
+from ..errors import DataError
 from .common import add_progress_flags, add_project_flags, cancel_on_sigint, listener_for, settings_layers
 
 
@@ -28,13 +29,25 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
     cfg = inference_settings(args)
     listener = listener_for(args)
+    skipped: list[str] = []
+
+    def note_skips(event: dict[str, Any]) -> None:
+        if event["event"] == "log" and event.get("level") == "warning" and "skipped" in event["message"]:
+            skipped.append(event["message"])
+
     project = open_project(args.project, qupath_dir=args.qupath)
     try:
-        written = apply_classifier(project, args.classifier, cfg, args.image or None, listeners=[listener],
+        written = apply_classifier(project, args.classifier, cfg, args.image or None, listeners=[listener, note_skips],
                                    cancel=cancel_on_sigint())
     finally:
         getattr(listener, "close", lambda: None)()
         project.close()
+    if not written:
+        first = skipped[0].removesuffix("; skipped") if skipped else ""
+        why = first if len(skipped) == 1 else f"{len(skipped)} images were skipped ({first})" if skipped \
+            else "no image gave a result"
+        hint = "; draw area annotations, or use --scope image" if cfg.scope != "image" else ""
+        raise DataError(f"nothing was written: {why}{hint}")
     if args.events != "jsonl":
         for path in written:
             print(path)
