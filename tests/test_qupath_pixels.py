@@ -82,3 +82,27 @@ def test_the_helper_places_an_overlay_where_apply_computed_it(jvm_started, tmp_p
     assert (got["z"], got["t"]) == (2, 1) and (got["w"], got["h"]) == (width, height)
     assert got["inside"] & 0xFFFFFFFF == 0xFFFF0000  # class B in its colour, opaque
     assert got["corner"] == 0  # transparent where nothing was computed
+
+
+def test_qupath_opens_a_class_map_at_the_slides_scale(jvm_started, tmp_path):
+    """A class map written at downsample 3 of a 0.5 µm image opens in QuPath (Bio-Formats) with 1.5 µm pixels, so
+    it lies on the slide at the right size, and its pixels are the class indices."""
+    import jpype
+    from dlpixel.inference.outputs_map import ClassMapWriter
+    from dlpixel.qupath.pixels import QuPathImageSource
+
+    width, height = 70, 45
+    cmap = (np.arange(width)[None, :] // 10 % 3 + np.zeros((height, 1), int)).astype(np.uint8)
+    path = tmp_path / "slide.classes.ome.tif"
+    with ClassMapWriter(path, width, height, 1, pixel_size_um=0.5 * 3, channel_names=["classes"],
+                        class_names=["A", "B", "C"], colors=[(1, 2, 3), (4, 5, 6), (7, 8, 9)], tile=16) as w:
+        w.add_strip(0, cmap)
+    server = jpype.JClass("qupath.lib.images.servers.ImageServers").buildServer(str(path))
+    try:
+        cal = server.getPixelCalibration()
+        assert float(cal.getPixelWidthMicrons()) == pytest.approx(1.5)
+        assert (int(server.getWidth()), int(server.getHeight())) == (width, height)
+        src = QuPathImageSource(server, "map", owns_server=False)
+        assert np.array_equal(np.asarray(src.read_region(1.0, 0, 0, width, height))[..., 0], cmap)
+    finally:
+        server.close()
