@@ -273,3 +273,35 @@ def test_maps_cover_the_whole_image_and_a_run_that_writes_nothing_fails(tiny, tm
     assert err == ("error: nothing was written: image 'synthetic.tif' has no annotations in scope 'annotations'; "
                    "draw area annotations, or use --scope image")
     assert sorted(p for p in strokes.rglob("*") if p.is_file()) == before
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_missing_pretrained_weights_stop_training_before_any_tile_is_read(synthetic_project, tmp_path, monkeypatch,
+                                                                           capsys, offline):
+    """Offline, or with the weights' server out of reach, training says in one line where to put the weights,
+    before reading images (no stage event at all) and without trying to download."""
+    import json
+    import socket
+    import urllib.request
+
+    folder, _, _ = synthetic_project
+    monkeypatch.setenv("DLPIXEL_WEIGHTS_DIR", str(tmp_path / "weights"))
+    if not offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        monkeypatch.setenv("DLPIXEL_OFFLINE", "0")
+
+        def unreachable(address, timeout=None, *args, **kwargs):
+            assert timeout is not None and timeout <= 5
+            raise TimeoutError("timed out")
+
+        monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("a download was tried"))
+    args = ["train", "--project", str(folder), "--name", "w", *FAST[:-1], "--set", "backbone=resnet50_kather100k",
+            "--events", "jsonl"]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert [json.loads(line)["event"] for line in captured.out.splitlines()] == []
+    err = captured.err.strip()
+    assert "\n" not in err and err.startswith("error: resnet50_kather100k weights are not in the cache and ")
+    assert str(tmp_path / "weights") in err
+    assert ("downloads are off" if offline else "huggingface.co cannot be reached (timed out)") in err

@@ -13,9 +13,11 @@ import hashlib
 import importlib.util
 import os
 import re
+import socket
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -428,6 +430,27 @@ def fetch(spec: WeightSpec, *, offline: bool | None = None) -> Path:
             f"{ALLOW_UNVERIFIED_ENV}=1"
         )
     return _download(spec, target)
+
+
+def ensure_available(backbone: str, timeout: float = 3.0) -> Path:
+    """The weights of ``backbone``, fetched before training reads a single tile: from the package or the cache; when
+    they must be downloaded and the server cannot be reached within ``timeout`` seconds, a one-line error at once
+    (saying where to put the file) instead of a download's retries after every tile has been read."""
+    spec = weight_spec(backbone)
+    try:
+        return fetch(spec, offline=True)
+    except WeightsError:
+        if spec.package is not None or is_offline():
+            raise
+    target = cache_dir() / spec.filename
+    host = urllib.parse.urlsplit(spec.url or "https://huggingface.co").hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError as err:
+        raise WeightsError(f"{spec.key} weights are not in the cache and {host} cannot be reached "
+                           f"({err.strerror or err or type(err).__name__}): connect to the network once, or download "
+                           f"{spec.url} to {target}, or set pretrained=false") from None
+    return fetch(spec, offline=False)
 
 
 def provenance(spec: WeightSpec, path: Path) -> WeightProvenance:

@@ -145,6 +145,10 @@ def train_classifier(
     emit = Emitter(listeners if distributed.is_main() else ())  # under DDP, rank 0 alone reports and saves
     cancel = cancel or CancelToken()
     store.check_free(project.root, name, overwrite)
+    if cfg.pretrained and getattr(cfg, "method", "unet") == "unet":
+        from ..models.pretrained import ensure_available
+
+        ensure_available(cfg.backbone)  # before any tile is read: missing weights are one line at once
     # The name is held for the whole run: a second run with the same name stops at once with a one-line error.
     with distributed.main_only(store.name_lock(project.root, name)):
         emit("stage", stage="reading", message="reading images and annotations")
