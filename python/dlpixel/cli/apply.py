@@ -15,7 +15,7 @@ def inference_settings(args: argparse.Namespace) -> InferenceConfig:
     layers = settings_layers(args)
     flags = {
         "output": args.output, "scope": args.scope, "tile_size": args.tile_size, "overlap": args.overlap,
-        "batch_size": args.batch_size, "device": args.device, "backend": args.backend,
+        "batch_size": args.batch_size, "device": args.device, "backend": args.backend, "precision": args.precision,
         "object_type": args.object_type, "min_object_area": args.min_object_area,
         "min_hole_area": args.min_hole_area, "simplify": args.simplify,
     }
@@ -74,6 +74,7 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, help=f"tiles per batch (default {fields['batch_size'].default})")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--backend", choices=["auto", "torch", "onnx"])
+    p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], help=_doc("precision"))
     p.add_argument("--object-type", choices=["detection", "annotation"])
     p.add_argument("--min-object-area", type=float, help="µm² when calibrated, else px² (default: 9 pixels at the "
                    "classifier's resolution)")

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..classifiers import store
 from ..errors import ConfigError
 from ..runtime.events import CancelToken
 
@@ -87,6 +86,7 @@ def add_project_flags(p: argparse.ArgumentParser, required: bool = True) -> None
 def settings_layers(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Settings from ``--from-model`` (a classifier's training settings), then ``--config``, then ``--set``; later
     layers win. Shared by ``train``, ``apply`` and ``script``."""
+    from ..classifiers import store
     from ..projects import project_root
 
     from_model = getattr(args, "from_model", None)

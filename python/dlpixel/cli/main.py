@@ -7,11 +7,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
-from ..classifiers import store
-from ..config import TrainingConfig, build_config, parse_overrides
+if TYPE_CHECKING:  # imported where used: ``dlpixel --help`` loads neither pydantic models nor numpy
+    from ..classifiers import store
+    from ..config import TrainingConfig
 from ..errors import Cancelled, ConfigError, DataError, DlpixelError
 from .common import (
     add_progress_flags,
@@ -24,6 +25,9 @@ from .common import (
 
 
 def training_settings(args: argparse.Namespace) -> tuple[TrainingConfig, str | None]:
+    from ..classifiers import store
+    from ..config import TrainingConfig, build_config
+
     """The training settings of ``settings_layers``, and the default name when they come from another model."""
     default_name = store.retrain_name(args.from_model) if getattr(args, "from_model", None) else None
     return build_config(TrainingConfig, *settings_layers(args), source="settings"), default_name
@@ -74,6 +78,8 @@ def _print_result(entry: store.ClassifierEntry, saved_line: bool = True) -> None
 
 
 def settings_help() -> str:
+    from ..config import TrainingConfig
+
     """Every training setting with its default and meaning, from the settings model itself."""
     lines = ["Training settings (--set key=value; nested keys with dots):"]
 
@@ -93,6 +99,7 @@ def settings_help() -> str:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from ..classifiers import store
     from ..projects import project_root
 
     root = project_root(args.project)
@@ -145,7 +152,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def _import_onnx(args: argparse.Namespace, root: Path) -> int:
     from ..classifiers.onnx_import import import_onnx
-    from ..config import NormalizationConfig
+    from ..config import NormalizationConfig, build_config, parse_overrides
 
     missing = [flag for flag, value in (("--file", args.file), ("--classes", args.classes),
                                         ("--channels", args.channels), ("--tile-size", args.tile_size)) if not value]

@@ -21,7 +21,7 @@ from ..classifiers.metadata import ClassifierMetadata
 from ..config import default_overlap
 from ..data.base import ImageSource
 from ..data.geometry import Frame
-from ..data.preprocessing import ChannelStats, read_tile
+from ..data.preprocessing import ChannelStats
 from ..errors import ClassifierError, ConfigError
 from ..runtime.events import CancelToken, Emitter
 from ..runtime.tiling import Grid, blend_window
@@ -58,10 +58,14 @@ def run_in_chunks(fn: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, max
 
 
 def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
-    """Softmax over ``axis`` (through torch: multi-threaded, and several times faster than numpy here)."""
-    import torch
-
-    return torch.softmax(torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32)), dim=axis).numpy()
+    """Softmax over ``axis`` in float32, in place where it can (numpy: 13 ms for 4 × 3 × 512² on one core, against
+    23 ms through torch, and ONNX Runtime on a CPU then never needs torch imported: 5 s of start-up on a busy
+    2-core machine)."""
+    out = np.asarray(logits, dtype=np.float32)
+    out -= out.max(axis, keepdims=True)
+    np.exp(out, out=out)
+    out /= out.sum(axis, keepdims=True)
+    return out
 
 
 class TorchBackend:
@@ -178,9 +182,9 @@ def load_backend(folder: Path, meta: ClassifierMetadata, backend: str = "auto", 
     if meta.architecture == "custom_onnx":
         backend = "onnx"
     if backend == "auto":
-        from ..runtime.device import resolve_device
+        from ..runtime.device import resolve_device, surely_cpu
 
-        on_cpu = resolve_device(device).type == "cpu"
+        on_cpu = device == "cpu" or (device == "auto" and surely_cpu()) or resolve_device(device).type == "cpu"
         backend = "onnx" if on_cpu and onnx_path.exists() else "torch"
     if backend == "onnx":
         if not onnx_path.exists():
@@ -207,7 +211,7 @@ def load_backend(folder: Path, meta: ClassifierMetadata, backend: str = "auto", 
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise ClassifierError(f"{weights} does not hold the weights of this classifier ({len(meta.classes)} classes, "
                               f"{meta.backbone}): {first}; export or train it again") from None
-    return TorchBackend(model, device)
+    return TorchBackend(model, device, precision)
 
 
 @dataclass

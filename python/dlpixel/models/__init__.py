@@ -1,5 +1,6 @@
-"""Model construction, pretrained weights and ONNX export."""
+"""Model construction, pretrained weights and ONNX export.
 
-from ._torchvision_compat import ensure_torchvision_importable
-
-ensure_torchvision_importable()
+Importing this package imports nothing heavy: torch comes with ``factory`` and ``pretrained`` (which first make
+torchvision importable, ``_torchvision_compat``) or with an ONNX export; running an ONNX model needs only
+ONNX Runtime.
+"""

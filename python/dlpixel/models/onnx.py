@@ -12,9 +12,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from torch import nn
 
 from ..data._io import honour_umask
 from ..errors import ClassifierError
@@ -23,6 +23,9 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 OPSET = 17
 
+if TYPE_CHECKING:
+    from torch import nn
+
 
 def export_onnx(model: nn.Module, path: str | Path, in_channels: int, n_classes: int, sample_size: int = 64) -> Path:
     """Write ``model`` (in eval mode) as ONNX to ``path``, through a temporary file renamed into place.
@@ -30,6 +33,8 @@ def export_onnx(model: nn.Module, path: str | Path, in_channels: int, n_classes:
     Uses the TorchScript-based exporter (``dynamo=False``): the dynamo exporter needs onnxscript. The model's
     own train/eval mode is restored afterwards.
     """
+    import torch
+
     path = Path(path)
     if sample_size < 32 or sample_size % 32:
         raise ClassifierError(f"ONNX sample size must be a positive multiple of 32 (got {sample_size})")

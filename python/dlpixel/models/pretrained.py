@@ -222,6 +222,9 @@ def _imagenet_spec(backbone: str) -> WeightSpec:
         licence=_IMAGENET_LICENCES[backbone],
         filename=f"{repo.split('/')[-1]}.safetensors",
         source_description=f"ImageNet weights of segmentation_models_pytorch ({repo} at {revision[:12]})",
+    from ._torchvision_compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
         remap=remap_identity,
         encoder=backbone,
         hf_repo=repo,

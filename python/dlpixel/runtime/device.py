@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
-import torch
+import os
+import sys
+from typing import TYPE_CHECKING
 
 from ..errors import TrainingError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def surely_cpu() -> bool:
+    """True where ``auto`` can only mean the CPU, known without importing torch (seconds on a busy machine): Linux
+    with no NVIDIA driver loaded. Elsewhere (macOS's MPS, Windows) only torch can tell."""
+    return sys.platform.startswith("linux") and not os.path.exists("/proc/driver/nvidia/version")
 
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA, then Apple's MPS, then the CPU."""
+    import torch
+
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -25,6 +38,8 @@ def resolve_device(name: str) -> torch.device:
 def autocast_dtype(device: torch.device, precision: str | bool) -> torch.dtype | None:
     """The autocast dtype of ``precision`` (``bf16``, ``fp16``, ``fp32``; True/False as bf16/fp32) on ``device``:
     bf16 where the GPU supports it, else fp16; None (full precision) off CUDA or for fp32."""
+    import torch
+
     if isinstance(precision, bool):
         precision = "bf16" if precision else "fp32"
     if precision == "fp32" or device.type != "cuda":
@@ -36,4 +51,6 @@ def autocast_dtype(device: torch.device, precision: str | bool) -> torch.dtype |
 
 def precision_name(amp: torch.dtype | None) -> str:
     """The name recorded with a result: ``bf16``, ``fp16`` or ``fp32``."""
+    import torch
+
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp, "fp32")  # type: ignore[arg-type]
