@@ -305,3 +305,68 @@ def test_missing_pretrained_weights_stop_training_before_any_tile_is_read(synthe
     assert "\n" not in err and err.startswith("error: resnet50_kather100k weights are not in the cache and ")
     assert str(tmp_path / "weights") in err
     assert ("downloads are off" if offline else "huggingface.co cannot be reached (timed out)") in err
+
+
+def _copy_of_tiny(tiny: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    project = tmp_path / "copy"
+    shutil.copytree(tiny / "classifiers", project / "classifiers")
+    return project
+
+
+def test_models_has_a_help_page_per_action(capsys):
+    for action, flags in {"list": ["--project"], "show": ["--json", "--open"], "delete": ["--yes"],
+                          "export": ["--file", "--overwrite"], "import": ["--file", "--overwrite", "NAME"],
+                          "import-onnx": ["--classes", "--channels", "--tile-size"]}.items():
+        with pytest.raises(SystemExit) as exit_:
+            main(["models", action, "--help"])
+        assert exit_.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: dlpixel models {action} ") and all(f in out for f in flags), action
+    with pytest.raises(SystemExit):
+        main(["models", "--help"])
+    out = capsys.readouterr().out
+    assert "`dlpixel models ACTION --help`" in " ".join(out.split()) and "import-onnx" in out
+
+
+def test_models_delete_asks_first_or_takes_yes(tiny, tmp_path, monkeypatch, capsys):
+    project = _copy_of_tiny(tiny, tmp_path)
+    folder = store.classifiers_dir(project) / "tiny"
+    # No terminal to ask (a script, a pipe): one line naming --yes, nothing deleted.
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    assert main(["models", "delete", "tiny", "--project", str(project)]) == 2
+    assert capsys.readouterr().err.strip() == ("error: `dlpixel models delete` asks before deleting, and there is "
+                                               "no terminal to ask: add --yes")
+    assert folder.is_dir()
+    # At a terminal: anything but yes keeps it.
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    answers = iter(["n", "y"])
+    asked = []
+    monkeypatch.setattr("builtins.input", lambda question: asked.append(question) or next(answers))
+    assert main(["models", "delete", "tiny", "--project", str(project)]) == 1
+    assert folder.is_dir() and "nothing deleted" in capsys.readouterr().out
+    assert asked == [f"delete classifier 'tiny' ({folder}) for good? [y/N] "]
+    assert main(["models", "delete", "tiny", "--project", str(project)]) == 0
+    assert not folder.exists()
+    # --yes: no question.
+    project = _copy_of_tiny(tiny, tmp_path / "again")
+    monkeypatch.setattr("builtins.input", lambda question: pytest.fail("asked despite --yes"))
+    assert main(["models", "delete", "tiny", "--project", str(project), "--yes"]) == 0
+    assert not (store.classifiers_dir(project) / "tiny").exists()
+
+
+def test_models_export_keeps_an_existing_file_unless_overwrite(tiny, tmp_path, capsys):
+    out = tmp_path / "tiny.zip"
+    assert main(["models", "export", "tiny", "--project", str(tiny), "--file", str(out)]) == 0
+    first = out.read_bytes()
+    out.write_bytes(b"someone else's file")
+    assert main(["models", "export", "tiny", "--project", str(tiny), "--file", str(out)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"{out} exists; add --overwrite to replace it, or choose "
+                                                    "another --file")
+    assert out.read_bytes() == b"someone else's file"
+    assert main(["models", "export", "tiny", "--project", str(tiny), "--file", str(out), "--overwrite"]) == 0
+    assert out.read_bytes()[:2] == b"PK" and len(out.read_bytes()) == len(first)
+    # Renaming on import keeps both.
+    assert main(["models", "import", "tiny_v2", "--project", str(tiny), "--file", str(out)]) == 0
+    assert {"tiny", "tiny_v2"} <= {e.name for e in store.list_classifiers(tiny)}

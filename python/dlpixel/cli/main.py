@@ -134,10 +134,16 @@ def cmd_models(args: argparse.Namespace) -> int:
             webbrowser.open(report.resolve().as_uri())
         return 0
     if args.action == "delete":
+        path = store.load_classifier(root, args.name).path
+        if not args.yes and not _confirm(f"delete classifier '{args.name}' ({path}) for good? [y/N] "):
+            print("nothing deleted")
+            return 1
         print(f"deleted {store.delete_classifier(root, args.name)}")
         return 0
     if args.action == "export":
         out = Path(args.file or f"{args.name}.zip")
+        if out.exists() and not args.overwrite:
+            raise ConfigError(f"{out} exists; add --overwrite to replace it, or choose another --file")
         print(f"exported to {store.export_classifier(root, args.name, out)}")
         return 0
     if args.action == "import-onnx":
@@ -148,6 +154,16 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"imported to {store.import_classifier(root, Path(args.file), args.name, args.overwrite)}")
         return 0
     raise ConfigError(f"unknown models action {args.action}")
+
+
+def _confirm(question: str) -> bool:
+    """A yes from the person at the terminal; with no terminal to ask, a one-line error naming ``--yes``."""
+    if not sys.stdin.isatty():
+        raise ConfigError("`dlpixel models delete` asks before deleting, and there is no terminal to ask: add --yes")
+    try:
+        return input(question).strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
 
 
 def _import_onnx(args: argparse.Namespace, root: Path) -> int:
@@ -270,23 +286,48 @@ def build_parser() -> argparse.ArgumentParser:
     add_progress_flags(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("models", help="list, show, delete, export or import classifiers")
-    p.add_argument("action", choices=["list", "show", "delete", "export", "import", "import-onnx"])
-    p.add_argument("name", nargs="?")
-    add_project_flags(p)
-    p.add_argument("--file", help="zip file for export/import; ONNX file for import-onnx")
-    p.add_argument("--overwrite", action="store_true", help="import over an existing classifier")
-    g = p.add_argument_group("import-onnx (an external NCHW segmentation model)")
-    g.add_argument("--classes", help="class names in the model's output order, comma-separated")
-    g.add_argument("--channels", help="image channel names in the model's input order, comma-separated")
-    g.add_argument("--tile-size", type=int, help="tile size the model runs on (multiple of 32)")
-    g.add_argument("--downsample", type=float, default=1.0, help="resolution the model expects (default 1)")
-    g.add_argument("--outputs", choices=["logits", "probabilities"], default="logits",
-                   help="what the model returns per class")
-    g.add_argument("--set", action="append", metavar="KEY=VALUE",
+    p = sub.add_parser("models", help="list, show, delete, export or import classifiers",
+                       description="The classifiers of a project (<project>/classifiers/dl/). "
+                       "`dlpixel models ACTION --help` shows each action's options.")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    m = actions.add_parser("list", help="every classifier with its date, backbone, mean IoU and classes")
+    add_project_flags(m)
+    m = actions.add_parser("show", help="a classifier's summary: settings that differ from the defaults, results")
+    m.add_argument("name", metavar="NAME", help="classifier name")
+    add_project_flags(m)
+    m.add_argument("--json", action="store_true", help="print the full metadata as JSON")
+    m.add_argument("--open", action="store_true", help="open the training report (report.html) in a web browser")
+    m = actions.add_parser("delete", help="delete a classifier (asks first)")
+    m.add_argument("name", metavar="NAME", help="classifier name")
+    add_project_flags(m)
+    m.add_argument("--yes", action="store_true", help="delete without asking (scripts)")
+    m = actions.add_parser("export", help="pack a classifier into a zip file that `models import` reads")
+    m.add_argument("name", metavar="NAME", help="classifier name")
+    add_project_flags(m)
+    m.add_argument("--file", help="zip file to write (default: NAME.zip in the current folder)")
+    m.add_argument("--overwrite", action="store_true", help="replace the zip file if it exists")
+    m = actions.add_parser("import", help="add a classifier from a zip file of `models export`, optionally renamed",
+                           description="Add a classifier from a zip file that `dlpixel models export` wrote. It keeps "
+                           "its exported name unless NAME gives a new one (use that when the project already has a "
+                           "classifier of that name and you want to keep both).")
+    m.add_argument("name", nargs="?", metavar="NAME", help="name in this project (default: the exported name)")
+    add_project_flags(m)
+    m.add_argument("--file", required=True, help="zip file written by `dlpixel models export`")
+    m.add_argument("--overwrite", action="store_true", help="replace a classifier of the same name")
+    m = actions.add_parser("import-onnx", help="add an external NCHW segmentation model (ONNX) as a classifier")
+    m.add_argument("name", metavar="NAME", help="classifier name in this project")
+    add_project_flags(m)
+    m.add_argument("--file", required=True, help="the ONNX file")
+    m.add_argument("--overwrite", action="store_true", help="replace a classifier of the same name")
+    m.add_argument("--classes", required=True, help="class names in the model's output order, comma-separated")
+    m.add_argument("--channels", required=True,
+                   help="image channel names in the model's input order, comma-separated")
+    m.add_argument("--tile-size", type=int, required=True, help="tile size the model runs on (multiple of 32)")
+    m.add_argument("--downsample", type=float, default=1.0, help="resolution the model expects (default 1)")
+    m.add_argument("--outputs", choices=["logits", "probabilities"], default="logits",
+                   help="what the model returns per class (default logits)")
+    m.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="normalization settings, e.g. normalization.strategy=fixed_range")
-    p.add_argument("--json", action="store_true", help="show: print the full metadata as JSON")
-    p.add_argument("--open", action="store_true", help="show: open the training report in a web browser")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("request", help="run one JSON request (used by QuPath's Groovy helper)")
