@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import ConfigError
+from ..runtime.events import CancelToken
 from .worker import init_local_worker, run_task
 
 OnResult = Callable[[dict[str, Any]], None]
@@ -35,7 +36,8 @@ def _failed(payload: dict[str, Any], error: str) -> dict[str, Any]:
             "outputs": [], "worker": None}
 
 
-def run_local(payloads: Sequence[dict[str, Any]], on_result: OnResult, workers: int, gpus: int) -> None:
+def run_local(payloads: Sequence[dict[str, Any]], on_result: OnResult, workers: int, gpus: int,
+              cancel: CancelToken | None = None) -> None:
     """``workers`` processes (spawned, so CUDA and threads start clean); with GPUs, each process owns one
     (``CUDA_VISIBLE_DEVICES``), and ``workers`` defaults to their count. CPU threads are shared out evenly."""
     import multiprocessing as mp
@@ -55,6 +57,11 @@ def run_local(payloads: Sequence[dict[str, Any]], on_result: OnResult, workers: 
                              initargs=(devices, threads)) as pool:
         futures = {pool.submit(run_task, p): p for p in payloads}
         for future in as_completed(futures):
+            if cancel is not None and cancel.cancelled:
+                for f in futures:
+                    f.cancel()  # tasks not started stay "not run"; those under way finish
+            if future.cancelled():
+                continue
             try:
                 row = future.result()
             except BrokenProcessPool:
@@ -65,10 +72,10 @@ def run_local(payloads: Sequence[dict[str, Any]], on_result: OnResult, workers: 
 
 
 def run_ray(payloads: Sequence[dict[str, Any]], on_result: OnResult, workers: int, gpus: int,
-            address: str | None) -> None:
+            address: str | None, device: str = "auto", cancel: CancelToken | None = None) -> None:
     """One Ray task per image. Without ``address`` a local Ray with ``workers`` CPUs (and the GPUs here) is started
     and stopped; with one, the run joins that cluster and uses what it offers. A task asks for one GPU when the
-    run uses GPUs, else one CPU."""
+    run uses GPUs (on a cluster: when ``device`` allows it and the cluster has GPUs), else one CPU."""
     try:
         import ray
     except ImportError:
@@ -82,13 +89,18 @@ def run_ray(payloads: Sequence[dict[str, Any]], on_result: OnResult, workers: in
             ray.init(num_cpus=workers, num_gpus=gpus, include_dashboard=False, log_to_driver=False,
                      configure_logging=False,
                      object_store_memory=int(os.environ.get("DLPIXEL_RAY_OBJECT_STORE_MB", "100")) * 2**20)
+    if address and device in ("auto", "cuda"):  # the cluster's GPUs, whether or not the driver has one
+        gpus = int(ray.cluster_resources().get("GPU", 0))
     threads = 1 if not address and not gpus else 0
     remote = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_retries=0)(_ray_task)
     try:
         refs = {remote.remote({**p, "threads": p.get("threads") or threads}): p for p in payloads}
         pending = list(refs)
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
+            done, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+            if cancel is not None and cancel.cancelled and pending:
+                for ref in pending:
+                    ray.cancel(ref)  # queued tasks never start; running ones are stopped and reported failed
             for ref in done:
                 try:
                     row = ray.get(ref)

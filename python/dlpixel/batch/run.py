@@ -23,7 +23,7 @@ from typing import Any
 from ..config import InferenceConfig
 from ..data.base import Project, select_images
 from ..errors import ConfigError, DataError
-from ..runtime.events import Emitter, Listener
+from ..runtime.events import CancelToken, Emitter, Listener
 from .plan import Plan, Task, make_plan
 from .state import TaskLock, lock_holder, now_iso, read_json, write_json
 from .worker import KILL_HOOK, one_line
@@ -43,9 +43,11 @@ def run_batch(
     run_dir: Path | None = None,
     full_hash: bool = False,
     listeners: Iterable[Listener] = (),
+    cancel: CancelToken | None = None,
 ) -> dict[str, Any]:
     """Apply ``classifier`` to the project's images, one task per image, resumably; returns the run's report
-    (the content of ``run.json``; ``{"nothing_to_do": True, ...}`` when every task was done and merged)."""
+    (the content of ``run.json``; ``{"nothing_to_do": True, ...}`` when every task was done and merged).
+    ``cancel`` (the first Ctrl-C) stops handing out tasks; the report lists those not run."""
     from .engines import gpu_count, run_local, run_ray
 
     if engine not in ENGINES:
@@ -98,9 +100,9 @@ def run_batch(
     if todo:
         emit("slides", done=0, total=len(todo), failed=0, image=None, status=None, error=None)
         if engine == "local":
-            run_local(payloads, on_result, n_workers, gpus)
+            run_local(payloads, on_result, n_workers, gpus, cancel)
         else:
-            run_ray(payloads, on_result, n_workers, gpus, ray_address)
+            run_ray(payloads, on_result, n_workers, gpus, ray_address, cfg.device, cancel)
     merged = merge_qupath_results(project, plan, rows, emit) if any(t.kind == "qupath" for t in plan.tasks) else 0
     report = _report(plan, cfg, engine, n_workers, gpus, started, time.perf_counter() - t0, rows, merged)
     write_json(plan.run_dir / "run.json", report)

@@ -14,9 +14,9 @@ replaces them.
 from __future__ import annotations
 
 import os
-import resource
 import shutil
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -32,6 +32,7 @@ before its state is written."""
 def init_local_worker(devices: Any, threads: int) -> None:
     """Initialiser of a local worker process: die with the driver, take one GPU (when there are GPUs), and use
     ``threads`` CPU threads."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it stops handing out tasks
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -117,7 +118,12 @@ def _link_classifier(src: Path, dst: Path) -> None:
                 shutil.copy2(p, dst / p.name)
 
 
-def _peak_memory_mb() -> float:
+def _peak_memory_mb() -> float | None:
+    """Peak resident memory of this process so far (MB)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 1024 if sys.platform != "darwin" else rss / 2**20
 
@@ -130,7 +136,7 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
     tasks_dir = run_dir / "tasks"
     row: dict[str, Any] = {"id": task["id"], "image": task["image"], "status": "failed", "seconds": 0.0,
                            "tiles": 0, "tiles_per_s": None, "peak_memory_mb": None, "gpu_peak_memory_mb": None,
-                           "error": None, "outputs": [], "worker": f"{os.uname().nodename}:{os.getpid()}"}
+                           "error": None, "outputs": [], "worker": f"{socket.gethostname()}:{os.getpid()}"}
     lock = TaskLock(tasks_dir / f"{task['id']}.lock", payload.get("run_id", ""))
     try:
         if not lock.acquire():
@@ -184,7 +190,8 @@ def _now() -> str:
 
 
 def _memory() -> dict[str, Any]:
-    out: dict[str, Any] = {"peak_memory_mb": round(_peak_memory_mb(), 1)}
+    peak = _peak_memory_mb()
+    out: dict[str, Any] = {"peak_memory_mb": round(peak, 1) if peak is not None else None}
     if "torch" in sys.modules:
         import torch
 

@@ -48,13 +48,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     cfg = inference_settings(args)
     listener = SlideBar(listener_for(args))
-    cancel_on_sigint()
+    cancel = cancel_on_sigint()
     project = open_project(args.project, qupath_dir=args.qupath)
     try:
         report = run_batch(project, args.classifier, cfg, args.image or None, engine=args.engine,
                            workers=args.workers, ray_address=args.ray_address,
                            run_dir=Path(args.run_dir) if args.run_dir else None, full_hash=args.full_hash,
-                           listeners=[listener])
+                           listeners=[listener], cancel=cancel)
     finally:
         listener.close()
         project.close()
@@ -62,7 +62,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
         if args.events != "jsonl":
             print(report["message"])
         return 0
-    return 1 if report["totals"]["failed"] or report["totals"]["locked"] else 0
+    totals = report["totals"]
+    return 1 if totals["failed"] or totals["locked"] or totals["done"] + totals["skipped"] < len(report["slides"]) \
+        else 0
 
 
 class _AsBatch:
