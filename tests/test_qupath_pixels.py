@@ -1,4 +1,6 @@
-"""Pixels out of a real QuPath JVM: premultiplied ARGB (``TYPE_INT_ARGB_PRE``) comes out as its straight colours."""
+"""Pixels and planes through a real QuPath JVM: premultiplied ARGB (``TYPE_INT_ARGB_PRE``) comes out as its straight
+colours, a plane of a z-stack reads that plane, objects go to their plane, and class maps and overlays open where
+they belong."""
 
 from __future__ import annotations
 
@@ -106,3 +108,32 @@ def test_qupath_opens_a_class_map_at_the_slides_scale(jvm_started, tmp_path):
         assert np.array_equal(np.asarray(src.read_region(1.0, 0, 0, width, height))[..., 0], cmap)
     finally:
         server.close()
+
+
+def test_a_z_stack_is_read_plane_by_plane_and_objects_keep_their_plane(jvm_started, tmp_path):
+    import jpype
+    import shapely
+    import tifffile
+    from dlpixel.data.base import LabelShape, at_plane
+    from dlpixel.qupath.pixels import QuPathImageSource
+    from dlpixel.qupath.project import path_objects_to_shapes
+    from dlpixel.qupath.writeback import shapes_to_path_objects
+
+    stack = np.stack([np.full((3, 40, 50), 10 * (z + 1), np.uint8) for z in range(3)])
+    stack[2, 0, 5:9, 7:12] = 200
+    path = tmp_path / "z.ome.tif"
+    tifffile.imwrite(path, stack, ome=True, metadata={"axes": "ZCYX", "Channel": {"Name": ["a", "b", "c"]}})
+    server = jpype.JClass("qupath.lib.images.servers.ImageServers").buildServer(str(path))
+    try:
+        src = QuPathImageSource(server, "z.ome.tif", owns_server=False)
+        assert (src.n_z, src.n_t) == (3, 1)
+        for z in range(3):
+            got = np.asarray(at_plane(src, (z, 0)).read_region(1.0, 0, 0, 50, 40))
+            assert np.array_equal(got, stack[z].transpose(1, 2, 0))
+    finally:
+        server.close()
+    shape = LabelShape("Tumor", shapely.box(3, 4, 20, 30), "area", plane=(2, 1))
+    objs = shapes_to_path_objects([shape], "annotation")
+    roi = objs[0].getROI()
+    assert (int(roi.getZ()), int(roi.getT())) == (2, 1)
+    assert path_objects_to_shapes(objs)[0].plane == (2, 1)
