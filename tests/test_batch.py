@@ -225,3 +225,25 @@ def test_lock_of_a_live_process_is_kept_and_a_dead_ones_taken_over(tmp_path: Pat
     assert not is_stale(path, json.loads(path.read_text()))
     os.utime(path, (0, 0))
     assert is_stale(path, json.loads(path.read_text()))
+
+
+def test_a_task_held_by_a_live_run_is_left_to_it(project: Path):
+    from dlpixel.batch.plan import task_id
+
+    tasks = _run_dir(project) / "tasks"
+    tasks.mkdir(parents=True)
+    other_run = TaskLock(tasks / f"{task_id(NAMES[3])}.lock")  # a live process (this one) is computing it
+    assert other_run.acquire()
+    try:
+        assert _batch(project, "--workers", "1") == 1
+    finally:
+        other_run.release()
+    report = json.loads((_run_dir(project) / "run.json").read_text())
+    held = [r for r in report["slides"] if r["status"] == "locked"]
+    assert [r["image"] for r in held] == [NAMES[3]] and f"pid {os.getpid()}" in held[0]["error"]
+    assert not (project / "results" / "threshold" / "slide3.measurements.csv").exists()
+    assert _batch(project, "--workers", "1") == 0
+    report = json.loads((_run_dir(project) / "run.json").read_text())
+    assert {r["image"]: r["status"] for r in report["slides"]}[NAMES[3]] == "done"
+    assert report["totals"] == {"done": 1, "skipped": 3, "failed": 0, "locked": 0}
+    assert _areas(project) == _truth()
