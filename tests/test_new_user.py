@@ -370,3 +370,33 @@ def test_models_export_keeps_an_existing_file_unless_overwrite(tiny, tmp_path, c
     # Renaming on import keeps both.
     assert main(["models", "import", "tiny_v2", "--project", str(tiny), "--file", str(out)]) == 0
     assert {"tiny", "tiny_v2"} <= {e.name for e in store.list_classifiers(tiny)}
+
+
+def test_images_details_of_a_folder_project(tiny, tmp_path, capsys):
+    """Before training: each image's size, channels and pixel size, and per class the annotations and the area of
+    the area annotations (counted here from the GeoJSON itself)."""
+    import json
+
+    import shapely
+    from shapely.geometry import shape
+
+    assert main(["images", "--project", str(tiny)]) == 0
+    assert capsys.readouterr().out.splitlines() == ["synthetic.tif"]
+    assert main(["images", "--project", str(tiny), "--details"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "synthetic.tif: 192 × 192 px, 3 channel(s) (Red, Green, Blue), pixel size unknown (areas in px²)"
+    feats = json.loads((tiny / "synthetic.tif.geojson").read_text())["features"]
+    for name in CLASSES:
+        mine = [shape(f["geometry"]) for f in feats if f["properties"]["classification"]["name"] == name]
+        areas = [g for g in mine if isinstance(g, shapely.Polygon)]
+        expected = (f"    {name}: {len(mine)} annotation(s) ({len(areas)} area(s), {len(mine) - len(areas)} "
+                    f"line(s)/point(s)), {sum(g.area for g in areas):,.0f} px² in areas")
+        assert expected in out, expected
+    assert out[-1] == ("1 image(s); classes to train: " + ", ".join(
+        f"{n} ({sum(f['properties']['classification']['name'] == n for f in feats)} annotation(s) in all)"
+        for n in sorted(CLASSES)))
+    (tmp_path / "empty").mkdir()
+    for bad in (tmp_path / "empty", tmp_path / "nothing.txt"):
+        assert main(["images", "--project", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is not a QuPath project" in err

@@ -12,11 +12,70 @@ from ..qupath.install import install_qupath_scripts
 
 
 def _images(args: argparse.Namespace) -> int:
-    from ..qupath.project import list_images
+    from ..projects import is_qupath_project, open_project
 
-    for name in list_images(args.project, qupath_dir=args.qupath):
-        print(name)
+    path = Path(args.project).expanduser()
+    if is_qupath_project(path) and not args.details:
+        from ..qupath.project import list_images
+
+        for name in list_images(path, qupath_dir=args.qupath):
+            print(name)
+        return 0
+    from ..errors import DataError
+
+    if not path.is_dir():
+        raise DataError(f"{path} is not a QuPath project (project.qpproj or its folder) nor a folder of images")
+    try:
+        project = open_project(path, qupath_dir=args.qupath)
+    except DataError as err:
+        if is_qupath_project(path):
+            raise
+        raise DataError(f"{path} is not a QuPath project (no project.qpproj), nor a folder project: "
+                        f"{str(err).removeprefix(str(path) + ': ')}") from None
+    try:
+        images = project.images()
+        if not args.details:
+            for image in images:
+                print(image.name)
+            return 0
+        print(image_details(images))
+    finally:
+        project.close()
     return 0
+
+
+def image_details(images: list[Any]) -> str:
+    """Per image: size, channels, pixel size and, per class, its annotations and the area they label; then the
+    classes over all images. What to look at before training."""
+    lines: list[str] = []
+    totals: dict[str, int] = {}
+    for image in images:
+        source = image.open()
+        try:
+            w, h, names, px = source.width, source.height, list(source.channel_names), source.pixel_size_um
+        finally:
+            source.close()
+        calibrated = f"pixel size {px:.4g} µm" if px else "pixel size unknown (areas in px²)"
+        lines.append(f"{image.name}: {w:,} × {h:,} px, {len(names)} channel(s) ({', '.join(names)}), {calibrated}")
+        per_class: dict[str, list[float]] = {}
+        for shape in image.annotations():
+            row = per_class.setdefault(shape.class_name or "(unclassified)", [0, 0, 0.0])
+            row[0] += 1
+            if shape.kind == "area":
+                row[1] += 1
+                row[2] += shape.geometry.area * (px * px if px else 1.0)
+        if not per_class:
+            lines.append("    no annotations")
+        unit = "µm²" if px else "px²"
+        for name in sorted(per_class):
+            n, areas, area = per_class[name]
+            lines.append(f"    {name}: {n} annotation(s) ({areas} area(s), {n - areas} line(s)/point(s)), "
+                         f"{area:,.0f} {unit} in areas")
+            if name != "(unclassified)":
+                totals[name] = totals.get(name, 0) + n
+    classes = ", ".join(f"{name} ({n} annotation(s) in all)" for name, n in sorted(totals.items()))
+    lines.append(f"{len(images)} image(s); classes to train: {classes or 'none (classify some annotations)'}")
+    return "\n".join(lines)
 
 
 def _launch(args: argparse.Namespace) -> int:
@@ -48,8 +107,12 @@ def add_qupath_argument(parser: argparse.ArgumentParser) -> None:
 
 def register_cli(subparsers: Any) -> None:
     """Add ``images`` to dlpixel's subcommands."""
-    images = subparsers.add_parser("images", help="list the images of a QuPath project")
-    images.add_argument("--project", required=True, help="project.qpproj or its folder")
+    images = subparsers.add_parser("images", help="list a project's images; --details: what training will see")
+    images.add_argument("--project", required=True,
+                        help="QuPath project (project.qpproj or its folder) or a folder of images with GeoJSON")
+    images.add_argument("--details", action="store_true",
+                        help="size, channels and pixel size of each image, and per class its annotations and the "
+                        "area they label")
     add_qupath_argument(images)
     images.set_defaults(func=_images)
 
