@@ -181,3 +181,13 @@ def test_patch_cache_keeps_raw_pixels_and_normalises_them_as_read_tile(known):
     for k, t in enumerate(cache.tiles[:4]):
         want = read_tile(src, pre, stats, 1.0, t.x, t.y, 64).transpose(2, 0, 1)
         assert np.array_equal(cache.images[k], want)
+
+
+def test_a_batch_of_stored_and_resampled_tiles_uploads_as_float32():
+    from dlpixel.inference.gpu import PinnedUploader
+
+    a = np.full((4, 4, 3), 7, np.uint8)
+    b = np.full((4, 4, 3), 7.5, np.float32)
+    x = PinnedUploader(torch.device("cpu"))([a, b])
+    assert x.shape == (2, 3, 4, 4) and x.dtype == torch.float32
+    assert x[0].eq(7).all() and x[1].eq(7.5).all()

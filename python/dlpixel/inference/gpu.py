@@ -39,6 +39,10 @@ class TorchNormalizer:
         self.offset = _channel_vector(stats.offset, n_channels, device)
         self.inverse = 1.0 / _channel_vector(stats.scale, n_channels, device)
         self.clip = pre.normalization.strategy in (NormStrategy.percentile_99.value, NormStrategy.fixed_range.value)
+        self.input = None
+        if pre.input_mean is not None and pre.input_std is not None:
+            self.input = (_channel_vector(pre.input_mean, n_channels, device),
+                          _channel_vector(pre.input_std, n_channels, device))
 
     def __call__(self, raw: torch.Tensor) -> torch.Tensor:
         out = raw.to(torch.float32)
@@ -46,6 +50,8 @@ class TorchNormalizer:
         out.mul_(self.inverse)
         if self.clip:
             out.clamp_(0.0, 1.0)
+        if self.input is not None:
+            out.sub_(self.input[0]).div_(self.input[1])
         return out
 
 
@@ -175,6 +181,8 @@ class PinnedUploader:
 
     def __call__(self, tiles: Sequence[np.ndarray]) -> torch.Tensor:
         """The tiles stacked (N, C, H, W) on the device, in their dtype, channels_last in memory."""
+        if len({t.dtype for t in tiles}) > 1:  # stored and resampled pixels in one batch: float32 holds both
+            tiles = [t.astype(np.float32) for t in tiles]
         shape = (len(tiles),) + tiles[0].shape
         if not self.cuda:
             return torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2)
@@ -188,7 +196,7 @@ class PinnedUploader:
         np.stack(tiles, out=host.numpy())
         compute = torch.cuda.current_stream(self.device)
         assert self.stream is not None
-        self.stream.wait_stream(compute)
+        # The copy does not wait for the model on the previous batch: it overlaps it.
         with torch.cuda.stream(self.stream):
             dev = host.to(self.device, non_blocking=True)
             event = torch.cuda.Event()
