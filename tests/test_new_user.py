@@ -400,3 +400,40 @@ def test_images_details_of_a_folder_project(tiny, tmp_path, capsys):
         assert main(["images", "--project", str(bad)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "is not a QuPath project" in err
+
+
+def test_init_weights_from_starts_the_model_from_another_classifier(tiny, monkeypatch, capsys):
+    """--init-weights-from: the model starts from the classifier's trained weights (all of them with the same
+    classes; all but the output layer with other classes); another backbone is refused before any tile is read."""
+    import torch
+
+    import dlpixel.training.trainer as trainer
+
+    start = {}
+    real = trainer.fit
+
+    def record(model, *args, **kwargs):
+        start.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "fit", record)
+    source = torch.load(store.classifiers_dir(tiny) / "tiny" / store.WEIGHTS, weights_only=True)
+    tuned = ["train", "--project", str(tiny), *FAST, "--set", "epochs=1", "--init-weights-from", "tiny"]
+    assert main([*tuned, "--name", "tuned"]) == 0
+    assert start.keys() == source.keys() and all(torch.equal(start[k], source[k]) for k in source)
+    weights = store.load_classifier(tiny, "tuned").metadata.weights
+    assert weights is not None and "classifier 'tiny'" in weights.source
+
+    start.clear()
+    assert main([*tuned, "--name", "reordered", "--set", "classes=Nucleus,Fibre,Background"]) == 0
+    assert "its output layer starts afresh" in capsys.readouterr().err
+    head = [k for k in source if k.startswith("segmentation_head.")]
+    assert head and all(torch.equal(start[k], source[k]) for k in source if k not in head)
+    assert not all(torch.equal(start[k], source[k]) for k in head)
+
+    assert main([*tuned, "--name", "other", "--set", "backbone=resnet18", "--events", "jsonl"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip() == ("error: classifier 'tiny' is a U-Net on efficientnet-lite0, this one on resnet18: "
+                                    "set backbone=efficientnet-lite0 (or add --from-model tiny to take all its "
+                                    "settings)")

@@ -55,7 +55,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     project = open_project(args.project, qupath_dir=args.qupath)
     try:
         entry = train_classifier(project, name, cfg, args.image or None, overwrite=args.overwrite,
-                                 listeners=[listener], cancel=cancel, match_classes=bool(args.from_model))
+                                 listeners=[listener], cancel=cancel, match_classes=bool(args.from_model),
+                                 init_weights_from=args.init_weights_from)
     finally:
         getattr(listener, "close", lambda: None)()
         project.close()
@@ -278,7 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", action="append", help="image to train on (repeat; default: every annotated image)")
     p.add_argument("--config", help="JSON file of settings")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="one setting (repeat), e.g. epochs=20")
-    p.add_argument("--from-model", help="start from every setting of this classifier")
+    p.add_argument("--from-model", metavar="NAME", help="start from every setting of this classifier (not its "
+                   "weights: see --init-weights-from)")
+    p.add_argument("--init-weights-from", metavar="NAME",
+                   help="fine-tune: the model starts from this classifier's trained weights (same backbone and input "
+                   "channels; with other classes its output layer starts afresh)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing classifier of the same name")
     p.add_argument("--help-settings", action="store_true", help="list every setting with its default")
     p.add_argument("--gpus", type=int, help="train on N GPUs with torch DDP, one process each (torchrun); "

@@ -139,13 +139,19 @@ def train_classifier(
     listeners: Iterable[Listener] = (),
     cancel: CancelToken | None = None,
     match_classes: bool = False,
+    init_weights_from: str | None = None,
 ) -> store.ClassifierEntry:
     """Train a classifier on the project's annotations and save it to ``classifiers/dl/<name>/``; ``match_classes``
-    keeps, of the classes listed in the settings, those the images have (for settings taken from another model)."""
+    keeps, of the classes listed in the settings, those the images have (for settings taken from another model);
+    ``init_weights_from`` names a classifier of the project whose trained weights the model starts from."""
     emit = Emitter(listeners if distributed.is_main() else ())  # under DDP, rank 0 alone reports and saves
     cancel = cancel or CancelToken()
     store.check_free(project.root, name, overwrite)
-    if cfg.pretrained and getattr(cfg, "method", "unet") == "unet":
+    if init_weights_from:
+        from .init_weights import check_start_classifier
+
+        check_start_classifier(project.root, init_weights_from, cfg)
+    elif cfg.pretrained and getattr(cfg, "method", "unet") == "unet":
         from ..models.pretrained import ensure_available
 
         ensure_available(cfg.backbone)  # before any tile is read: missing weights are one line at once
@@ -159,7 +165,8 @@ def train_classifier(
             for src in data.sources:
                 src.close()
         names = [im.name for im in data.images]
-        return _train_and_save(project, name, cfg, data, names, pre, cache, overwrite, emit, cancel)
+        return _train_and_save(project, name, cfg, data, names, pre, cache, overwrite, emit, cancel,
+                               init_weights_from)
 
 
 def _extract(data: TrainingData, cfg: TrainingConfig, emit: Emitter, cancel: CancelToken) -> tuple[
@@ -230,7 +237,7 @@ def check_split_classes(classes: Sequence[str], train_counts: np.ndarray, val_co
 
 def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: TrainingData, names: list[str],
                     pre: Preprocessing, cache: PatchCache, overwrite: bool, emit: Emitter,
-                    cancel: CancelToken) -> store.ClassifierEntry:
+                    cancel: CancelToken, init_weights_from: str | None = None) -> store.ClassifierEntry:
     """Split the tiles, build and train the model, and save the classifier folder."""
     from ..models.factory import create_model, freeze_blocks, resolve_freeze
     from ..models.onnx import export_onnx
@@ -255,7 +262,13 @@ def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: Trai
     weights = class_weights_from_counts(train_counts.tolist(), multipliers)
 
     torch.manual_seed(cfg.seed)
-    model, provenance = create_model(cfg.backbone, pre.n_inputs, n_classes, cfg.pretrained)
+    model, provenance = create_model(cfg.backbone, pre.n_inputs, n_classes, cfg.pretrained and not init_weights_from)
+    weights_info = WeightProvenanceInfo(**provenance.to_dict()) if provenance else None
+    if init_weights_from:
+        from .init_weights import start_from_classifier
+
+        weights_info = start_from_classifier(project.root, init_weights_from, model, cfg, pre.n_inputs,
+                                             data.classes, emit)
     frozen = resolve_freeze(cfg.freeze, len(split.train), cfg.pretrained)
     freeze_blocks(model, frozen)
     if frozen:
@@ -300,7 +313,7 @@ def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: Trai
             device=result.device,
             precision=result.precision,
         ),
-        weights=WeightProvenanceInfo(**provenance.to_dict()) if provenance else None,
+        weights=weights_info,
         software=software_versions(),
     )
     cancel.check()
