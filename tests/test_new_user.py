@@ -437,3 +437,23 @@ def test_init_weights_from_starts_the_model_from_another_classifier(tiny, monkey
     assert captured.err.strip() == ("error: classifier 'tiny' is a U-Net on efficientnet-lite0, this one on resnet18: "
                                     "set backbone=efficientnet-lite0 (or add --from-model tiny to take all its "
                                     "settings)")
+
+
+def test_demo_ends_with_what_to_do_next(tmp_path, capsys):
+    import shlex
+
+    out_dir = tmp_path / "demo here"
+    assert main(["demo", "--out", str(out_dir), "--epochs", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    tail = out[out.index("\nnext:\n"):].splitlines()
+    classifier = (out_dir / "project" / "classifiers" / "dl" / "ihc_demo").resolve()
+    assert tail[2] == f"  training report: {classifier / store.REPORT}  (open it in a web browser)"
+    command = tail[3].split("summary:", 1)[1].strip()
+    assert command.startswith("dlpixel models show ihc_demo --project ")
+    assert main(shlex.split(command)[1:]) == 0
+    assert "validation mean IoU" in capsys.readouterr().out
+    assert tail[4].endswith(f"drag {(out_dir / 'project' / 'ihc.tif').resolve()} into QuPath to open the image")
+    dragged = [Path(line.split("drag ", 1)[1].split(" onto it")[0]) for line in tail[5:] if " onto it" in line]
+    maps = [Path(line.split("class map ", 1)[1].split(" opens")[0]) for line in tail[5:] if "class map" in line]
+    assert len(dragged) == len(maps) == 1 and dragged[0].is_file() and maps[0].is_file()
+    assert dragged[0].name.endswith(".geojson") and maps[0].name.endswith(".ome.tif")

@@ -62,11 +62,32 @@ def run_demo(out: Path, epochs: int | None = None, listener: Any = None, cancel:
     print(f"classifier: {entry.path}")
     print(f"validation mean IoU {results.mean_iou:.3f} (best epoch {results.best_epoch} of {results.epochs_run}; "
           + ", ".join(f"{k} {v:.3f}" for k, v in results.per_class_iou.items() if v is not None) + ")")
-    _apply_demo(project, entry.name, listeners)
+    written = _apply_demo(project, entry.name, listeners)
+    print(next_steps(project_dir, entry.path, written))
     return 0
 
 
-def _apply_demo(project: Any, classifier: str, listeners: list[Any]) -> None:
+def next_steps(project_dir: Path, classifier_dir: Path, written: list[Path]) -> str:
+    """What to look at after the demo: the report, the summary command, and the results in QuPath."""
+    import shlex
+
+    from .classifiers.store import REPORT
+
+    geojson = next((p for p in written if p.name.endswith(".geojson")), None)
+    class_map = next((p for p in written if p.name.endswith(".ome.tif")), None)
+    lines = ["", "next:",
+             f"  training report: {classifier_dir.resolve() / REPORT}  (open it in a web browser)",
+             f"  summary:         dlpixel models show {DEMO_CLASSIFIER} --project "
+             f"{shlex.quote(str(project_dir.resolve()))}",
+             f"  in QuPath:       drag {(project_dir / DEMO_IMAGE).resolve()} into QuPath to open the image"]
+    if geojson is not None:
+        lines.append(f"                   then drag {geojson.resolve()} onto it: the classified regions as objects")
+    if class_map is not None:
+        lines.append(f"                   the class map {class_map.resolve()} opens as an image of its own")
+    return "\n".join(lines)
+
+
+def _apply_demo(project: Any, classifier: str, listeners: list[Any]) -> list[Path]:
     """Apply the new classifier three ways and show where the results are."""
     from .config import InferenceConfig
     from .inference.run import apply_classifier
@@ -88,3 +109,4 @@ def _apply_demo(project: Any, classifier: str, listeners: list[Any]) -> None:
             shares = ", ".join(f"{k.split(': ', 1)[1][:-2]} {float(v):.1f} %" for k, v in row.items()
                                if k.endswith(" %") and v not in ("", "nan"))
             print(f"  {row['name']}: {shares}")
+    return written
