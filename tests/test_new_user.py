@@ -457,3 +457,35 @@ def test_demo_ends_with_what_to_do_next(tmp_path, capsys):
     maps = [Path(line.split("class map ", 1)[1].split(" opens")[0]) for line in tail[5:] if "class map" in line]
     assert len(dragged) == len(maps) == 1 and dragged[0].is_file() and maps[0].is_file()
     assert dragged[0].name.endswith(".geojson") and maps[0].name.endswith(".ome.tif")
+
+
+def _parsers(parser, path):
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, [*path, name])
+
+
+def test_every_flag_has_help_and_no_help_shows_none_or_double_back_quotes(capsys):
+    """Every page of `dlpixel ... --help` and `train --help-settings`: each option and argument explained, in words
+    a terminal shows (no Python `None`, no reStructuredText ``code`` marks)."""
+    import argparse
+
+    from dlpixel.cli.main import build_parser
+
+    pages = 0
+    for path, parser in _parsers(build_parser(), ["dlpixel"]):
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)):
+                continue
+            assert action.help and action.help != argparse.SUPPRESS, (path, action.option_strings or action.dest)
+        text = parser.format_help()
+        assert "``" not in text and "None" not in text, (path, text)
+        pages += 1
+    assert pages > 15
+    assert main(["train", "--help-settings"]) == 0
+    text = capsys.readouterr().out
+    assert "``" not in text and "None" not in text and "tile_overlap = 0.0" in text

@@ -7,7 +7,14 @@ from typing import Any
 
 from ..config import InferenceConfig, build_config
 from ..errors import DataError
-from .common import add_progress_flags, add_project_flags, cancel_on_sigint, listener_for, settings_layers
+from .common import (
+    add_progress_flags,
+    add_project_flags,
+    cancel_on_sigint,
+    listener_for,
+    plain_help,
+    settings_layers,
+)
 
 
 def inference_settings(args: argparse.Namespace) -> InferenceConfig:
@@ -55,7 +62,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def _doc(key: str) -> str:
-    return " ".join((InferenceConfig.model_fields[key].description or "").split())
+    return plain_help(InferenceConfig.model_fields[key].description)
 
 
 def register_cli(sub: Any) -> None:
@@ -68,14 +75,17 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--output", choices=["measurements", "objects", "map", "probabilities", "overlay"],
                    help="what to write (default: measurements)")
     p.add_argument("--scope", choices=["annotations", "selected", "image"],
-                   help=" ".join((fields["scope"].description or "").split()) or None)
+                   help=_doc("scope"))
     p.add_argument("--tile-size", type=int, help="tile size in pixels (default: the classifier's)")
     p.add_argument("--overlap", type=int, help=_doc("overlap"))
     p.add_argument("--batch-size", type=int, help=f"tiles per batch (default {fields['batch_size'].default})")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--backend", choices=["auto", "torch", "onnx"])
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"],
+                   help="where the model runs (default auto: a CUDA GPU, then Apple MPS, then the CPU)")
+    p.add_argument("--backend", choices=["auto", "torch", "onnx"],
+                   help="PyTorch or ONNX Runtime (default auto: PyTorch on a GPU, else ONNX Runtime)")
     p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], help=_doc("precision"))
-    p.add_argument("--object-type", choices=["detection", "annotation"])
+    p.add_argument("--object-type", choices=["detection", "annotation"],
+                   help="QuPath object type of output objects (default detection; annotation to edit them)")
     p.add_argument("--min-object-area", type=float, help="µm² when calibrated, else px² (default: 9 pixels at the "
                    "classifier's resolution)")
     p.add_argument("--min-hole-area", type=float, help="µm² when calibrated, else px²")

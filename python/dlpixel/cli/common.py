@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import _thread
 import argparse
+import re
 import os
 import signal
 import sys
@@ -69,6 +70,12 @@ def cancel_on_file(token: CancelToken, interval: float = 0.2) -> None:
                 return
 
     threading.Thread(target=watch, name="dlpixel-cancel-file", daemon=True).start()
+
+
+def plain_help(text: str | None) -> str:
+    """A setting's description as terminal help: one line, ``code`` marks dropped, "None" said as "unset"."""
+    text = re.sub(r"``([^`]*)``", r"\1", " ".join((text or "").split()))
+    return re.sub(r"\bNone\b", "unset", text)
 
 
 def add_progress_flags(p: argparse.ArgumentParser) -> None:

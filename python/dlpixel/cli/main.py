@@ -20,6 +20,7 @@ from .common import (
     cancel_on_file,
     cancel_on_sigint,
     listener_for,
+    plain_help,
     settings_layers,
 )
 
@@ -92,7 +93,7 @@ def settings_help() -> str:
                 walk(field.annotation, f"{prefix}{key}.", value)
                 continue
             shown = json.dumps(value.value if hasattr(value, "value") else value, default=str)
-            doc = " ".join((field.description or "").split())
+            doc = plain_help(field.description)
             lines.append(f"  {prefix}{key} = {shown}" + (f"    {doc}" if doc else ""))
 
     walk(TrainingConfig, "", TrainingConfig())

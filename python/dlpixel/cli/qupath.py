@@ -130,10 +130,10 @@ def register_bench_cli(bench_subparsers: Any) -> None:
     p = bench_subparsers.add_parser("bridge", help="pixel throughput through the QuPath bridge")
     p.add_argument("--project", required=True, help="project.qpproj or its folder")
     p.add_argument("--image", default=None, help="one image of the project (default: all)")
-    p.add_argument("--tile-size", type=int, default=512)
-    p.add_argument("--downsample", type=float, default=1.0)
+    p.add_argument("--tile-size", type=int, default=512, help="tile side in pixels (default %(default)s)")
+    p.add_argument("--downsample", type=float, default=1.0, help="resolution of the reads (default %(default)s)")
     p.add_argument("--seconds", type=float, default=2.0, help="time per image")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
     add_qupath_argument(p)
     p.set_defaults(func=_bench)
 

@@ -59,6 +59,9 @@ def register_cli(subparsers: Any) -> None:
     _common(train)
     apply = kinds.add_parser("apply", help="a script that applies a classifier")
     apply.add_argument("--classifier", required=True, help="classifier name")
-    apply.add_argument("--output", choices=_choices(InferenceConfig.model_fields["output"].annotation))
-    apply.add_argument("--scope", choices=_choices(InferenceConfig.model_fields["scope"].annotation))
+    apply.add_argument("--output", choices=_choices(InferenceConfig.model_fields["output"].annotation),
+                       help="what the script's apply writes (default measurements)")
+    apply.add_argument("--scope", choices=_choices(InferenceConfig.model_fields["scope"].annotation),
+                       help="where it computes (default annotations; the whole image for map, probabilities and "
+                       "overlay)")
     _common(apply)
