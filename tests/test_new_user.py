@@ -489,3 +489,46 @@ def test_every_flag_has_help_and_no_help_shows_none_or_double_back_quotes(capsys
     assert main(["train", "--help-settings"]) == 0
     text = capsys.readouterr().out
     assert "``" not in text and "None" not in text and "tile_overlap = 0.0" in text
+
+
+def test_a_cancelled_run_says_so_once(synthetic_project, monkeypatch, capsys):
+    import importlib
+
+    from dlpixel.runtime.events import CancelToken
+
+    cli_main = importlib.import_module("dlpixel.cli.main")
+
+    def cancelled() -> CancelToken:
+        token = CancelToken()
+        token.cancel()
+        return token
+
+    monkeypatch.setattr(cli_main, "cancel_on_sigint", cancelled)
+    folder, _, _ = synthetic_project
+    assert main(["train", "--project", str(folder), "--name", "c", *FAST, "--set", "pretrained=false"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "cancelled; nothing was written"
+
+
+def test_training_says_where_the_classifier_went_once(tiny, capsys):
+    assert main(["train", "--project", str(tiny), "--name", "once", *FAST[:-1], "--set", "epochs=1"]) == 0
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert text.count(str(store.classifiers_dir(tiny) / "once")) == 1, text
+
+
+def test_too_few_tiles_advice_points_the_right_way(tmp_path, capsys):
+    import json
+
+    from conftest import COLORS
+
+    img, _ = synthetic_image(128)
+    feats = [{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[x, 10], [x + 8, 10], [x + 8, 18],
+                                                                                   [x, 18], [x, 10]]]},
+              "properties": {"objectType": "annotation", "classification": {"name": n, "color": COLORS[n]}}}
+             for x, n in ((10, "Background"), (30, "Nucleus"))]
+    folder = write_folder_project(tmp_path / "p", {"small.tif": (img, feats)})
+    assert json.loads((folder / "small.tif.geojson").read_text())["features"]
+    assert main(["train", "--project", str(folder), "--name", "few", *FAST, "--set", "pretrained=false"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: only 1 labelled tile(s) at tile_size 64") and err.endswith(
+        "annotate more, or use a smaller tile_size or a larger tile_overlap")
