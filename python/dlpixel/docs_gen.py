@@ -78,6 +78,8 @@ GUIDANCE: dict[str, str] = {
     "architecture": "Leave as is.",
     "method": "`features` while you are still drawing: it trains in seconds and, from a few dozen strokes, matched or "
     "beat a random forest on real images (BEST_PRACTICES.md); `unet` once annotations cover more area and images.",
+    "method": "`features` while you are still drawing: it trains in seconds and, from a few dozen strokes, matched or "
+    "beat a random forest on real images (BEST_PRACTICES.md); `unet` once annotations cover more area and images.",
     "backbone": "`resnet34` is a sound first choice. `efficientnet-lite0` is small and needs no download. For H&E "
     "at about 20x try a histology ResNet-50 (`resnet50_lunit-swav` …). See BEST_PRACTICES.md.",
     "pretrained": "Keep on: pretrained encoders learn from far fewer annotations.",

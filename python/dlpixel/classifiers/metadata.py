@@ -76,7 +76,7 @@ class ClassifierMetadata(BaseModel):
     name: str
     description: str = ""
     created: str = Field(default_factory=lambda: datetime.now().astimezone().isoformat(timespec="seconds"))
-    architecture: Literal["unet", "custom_onnx"] = "unet"
+    architecture: Literal["unet", "features", "custom_onnx"] = "unet"
     backbone: str | None = None
     input_channels: list[str]
     """Names of the model's input channels in order (context channels are the same names again)."""

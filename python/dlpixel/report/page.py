@@ -91,7 +91,8 @@ def predict_samples(model: Any, images: np.ndarray, masks: np.ndarray, indices: 
         return []
     model.eval()
     device = next(model.parameters()).device
-    x = torch.from_numpy(np.ascontiguousarray(images[list(indices)], dtype=np.float32)).to(device)
+    # One tile at a time: the patch cache's inputs are normalised as they are read.
+    x = torch.from_numpy(np.stack([np.asarray(images[int(i)], dtype=np.float32) for i in indices])).to(device)
     with torch.inference_mode():
         pred = model(x).argmax(1).to(torch.uint8).cpu().numpy()
     return [ReportSample(np.ascontiguousarray(images[i].transpose(1, 2, 0)), np.asarray(masks[i]), pred[k],
@@ -303,6 +304,16 @@ window.addEventListener('load', function () {
 """
 
 
+def _validation_section(meta: ClassifierMetadata) -> str:
+    from .validation import validation_lines
+
+    lines = validation_lines(meta)
+    if not lines:
+        return ""
+    items = "".join(f"<li>{_e(line)}</li>" for line in lines)
+    return f'<section id="validation"><h2>Validation on held-out annotations</h2><ul>{items}</ul></section>'
+
+
 def write_report(folder: Path, meta: ClassifierMetadata, history: list[dict[str, Any]],
                  samples: list[ReportSample]) -> Path:
     """Write ``report.html`` into the classifier folder and return its path."""
@@ -328,6 +339,7 @@ def write_report(folder: Path, meta: ClassifierMetadata, history: list[dict[str,
 <p>Trained {_e(meta.created)} · {_e(", ".join(meta.class_names))} · {_e(meta.tile_size)} px tiles at downsample
 {_e(meta.downsample)}{f" ({meta.pixel_size_um:.3g} µm/px)" if meta.pixel_size_um else ""}</p>
 <p class="summary" id="summary">{summary}</p>
+{_validation_section(meta)}
 <section id="diagnosis"><h2>What this suggests</h2>{_findings(findings, len(history))}</section>
 <section id="curves"><h2>Training curves</h2>{_curves(meta, history)}</section>
 <section id="confusion"><h2>Confusion matrix</h2>{_confusion(meta)}</section>
@@ -354,7 +366,11 @@ def summary_text(meta: ClassifierMetadata, folder: Path) -> str:
              f"  input        {', '.join(meta.input_channels)}; {meta.tile_size} px tiles at downsample "
              f"{meta.downsample:g}" + (f" ({meta.pixel_size_um:.3g} µm/px)" if meta.pixel_size_um else ""),
              f"  images       {', '.join(meta.images) or '-'}"]
-    if meta.split:
+    if meta.split and meta.split.get("method") == "by_objects":
+        from .validation import validation_lines
+
+        lines += ["  validation   " + line for line in validation_lines(meta)]
+    elif meta.split:
         split = meta.split
         lines.append(f"  tiles        {split.get('train_tiles', '?')} training, {split.get('val_tiles', '?')} "
                      f"validation ({split.get('method', '?')} split)")

@@ -196,10 +196,22 @@ def _extract(data: TrainingData, cfg: TrainingConfig, emit: Emitter, cancel: Can
                 "(--set channels=...)"
             )
         per_image.append(resolve_channels(selected, src.channel_names, image.name))
+    if cfg.method == "features":
+        # The features classifier has no tile size of its own: tiles only bound memory, so they shrink to fit.
+        side = min(min(s.width, s.height) for s in data.sources) / cfg.downsample
+        fit = max(64, 32 * int(side // 32))
+        if fit < cfg.tile_size:
+            cfg = cfg.model_copy(update={"tile_size": fit})
     check_tile_fits(data.sources, names, cfg.tile_size, cfg.downsample)
 
     pre = Preprocessing(channels=channels, channel_names=[channel_names[c] for c in channels],
                         normalization=cfg.normalization, context_scale=cfg.context_scale)
+    if cfg.pretrained and cfg.method == "unet":
+        from ..models.pretrained import input_normalisation
+
+        # The encoder's pretrained weights expect their own input statistics; every tile (training, validation,
+        # apply) passes through the same data.preprocessing.normalize, which applies them.
+        pre.input_mean, pre.input_std = input_normalisation(cfg.backbone, len(channels))
     emit("stage", stage="statistics", message="computing normalisation statistics")
     samples = [sample_pixels(src, idx) for src, idx in zip(data.sources, per_image)]
     pre.dataset_stats = dataset_stats(samples, cfg.normalization)
@@ -239,6 +251,8 @@ def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: Trai
                     pre: Preprocessing, cache: PatchCache, overwrite: bool, emit: Emitter,
                     cancel: CancelToken, init_weights_from: str | None = None) -> store.ClassifierEntry:
     """Split the tiles, build and train the model, and save the classifier folder."""
+    if cfg.method == "features":
+        return _train_features_and_save(project, name, cfg, data, names, pre, cache, overwrite, emit, cancel)
     from ..models.factory import create_model, freeze_blocks, resolve_freeze
     from ..models.onnx import export_onnx
     from .losses import class_weights_from_counts
@@ -339,3 +353,77 @@ def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: Trai
                     if result.stopped_by_user else ")"))
     return entry
 
+
+
+def _train_features_and_save(project: Project, name: str, cfg: TrainingConfig, data: TrainingData, names: list[str],
+                             pre: Preprocessing, cache: PatchCache, overwrite: bool, emit: Emitter,
+                             cancel: CancelToken) -> store.ClassifierEntry:
+    """``method: features``: hold out whole annotations, fit the features classifier and the random-forest
+    baseline on the rest, and save the classifier folder."""
+    from ..models.onnx import export_onnx
+    from .features import fit_features
+
+    if not len(cache):
+        raise DataError("no labelled pixels were found under the classified annotations")
+    stroke = cfg.line_stroke_width or DEFAULT_STROKE_PX
+    result = fit_features(cache, data.shapes, data.classes, cfg, stroke, emit, cancel)
+    validation = result.validation
+    base = validation.get("baseline") or {}
+    emit.log(f"held-out annotations: mean IoU {validation['held_out_mean_iou']} (95% interval "
+             f"{validation['held_out_ci95'][0]}-{validation['held_out_ci95'][1]}); label-free expected IoU over the "
+             f"annotated images {validation['expected_mean_iou']}; random-forest baseline on the same split "
+             f"{base.get('held_out_mean_iou')}")
+    meta = ClassifierMetadata(
+        name=name,
+        description=cfg.description,
+        architecture="features",
+        backbone=None,
+        input_channels=pre.channel_names * (2 if cfg.context_scale > 1 else 1),
+        classes=[ClassInfo(index=i, name=c, color=data.colors[c]) for i, c in enumerate(data.classes)],
+        tile_size=cfg.tile_size,
+        downsample=cfg.downsample,
+        context_scale=cfg.context_scale,
+        pixel_size_um=_pixel_size(data.sources, cfg.downsample, emit),
+        preprocessing=pre,
+        training=cfg,
+        images=names,
+        split=validation,
+        labelled_pixels={"train": dict(zip(data.classes, map(int, result.train_counts))),  # type: ignore[arg-type]
+                         "val": dict(zip(data.classes, map(int, result.val_counts)))},  # type: ignore[arg-type]
+        class_weights=dict(zip(data.classes, map(float, result.class_weights))),  # type: ignore[arg-type]
+        results=Results(
+            best_epoch=1, epochs_run=1, stopped_early=False, mean_iou=result.mean_iou,
+            per_class_iou=dict(zip(data.classes, result.per_class_iou)), pixel_accuracy=result.pixel_accuracy,
+            train_loss=result.train_loss, val_loss=result.val_loss, confusion=result.confusion,
+            seconds=result.seconds, device="cpu", precision="float32",
+        ),
+        software=software_versions(),
+    )
+    cancel.check()
+    emit("stage", stage="saving", message="saving the classifier")
+    with store.staging_folder(project.root, name, overwrite) as tmp:
+        torch.save(result.model.state_dict(), tmp / store.WEIGHTS)
+        export_onnx(result.model, tmp / store.ONNX, pre.n_inputs, len(data.classes))
+        store.write_json(tmp / store.HISTORY, result.history)
+        meta.write(tmp / store.METADATA)
+        _write_features_report(tmp, meta, result, cache, names, emit)
+        cancel.check()
+    entry = store.load_classifier(project.root, name)
+    emit("done", name=name, path=str(entry.path), mean_iou=result.mean_iou, best_epoch=1, stopped_by_user=False,
+         message=f"saved '{name}' to {entry.path} (estimated mean IoU {result.mean_iou:.3f})")
+    return entry
+
+
+def _write_features_report(folder: Path, meta: ClassifierMetadata, result, cache: PatchCache,
+                           names: Sequence[str], emit: Emitter) -> None:
+    """``report.html`` of a features classifier, with its predictions on tiles that hold held-out annotations."""
+    from ..report.page import pick_sample_tiles, predict_samples, write_report
+
+    try:
+        tiles = pick_sample_tiles(cache.masks, result.val_tiles, len(meta.classes))
+        captions = [f"{names[cache.tiles[i].image]} at ({cache.tiles[i].x}, {cache.tiles[i].y})" for i in tiles]
+        inputs = np.stack([cache.input(i) for i in tiles]) if tiles else np.zeros((0,))
+        samples = predict_samples(result.model, inputs, cache.masks[list(tiles)], list(range(len(tiles))), captions)
+        write_report(folder, meta, result.history, samples)
+    except Exception as err:  # noqa: BLE001
+        emit.log(f"the training report ({store.REPORT}) could not be written: {err}", level="warning")

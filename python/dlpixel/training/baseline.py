@@ -1,0 +1,55 @@
+"""The baseline a deep classifier has to beat: QuPath's pixel classifier, a random forest on multiscale features.
+
+QuPath trains OpenCV's random trees (50 trees, a minimum of 10 samples to split a node, sqrt(features) tried per
+split) on filter responses of the annotated pixels. OpenCV 5 moved its ``ml`` module out of the main wheel, so the
+same forest comes from scikit-learn. The features are ``models.features.FilterBank`` at sigma 1, 2, 4 and 8 px
+(Gaussian, gradient magnitude, LoG, Hessian and structure-tensor eigenvalues), the multiscale set QuPath offers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+BASELINE_SIGMAS = (1.0, 2.0, 4.0, 8.0)
+BASELINE_TREES = 50
+BASELINE_MIN_SPLIT = 10
+MAX_TRAIN_PIXELS = 100_000
+"""At most this many labelled pixels (drawn at random) train the forest."""
+
+
+def _features(bank: torch.nn.Module, tile: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        f = bank(torch.from_numpy(np.ascontiguousarray(tile, np.float32))[None])[0]
+    return f.reshape(f.shape[0], -1).T.numpy()
+
+
+def random_forest_baseline(inputs: Sequence[np.ndarray], train_masks: Sequence[np.ndarray], seed: int,
+                           unlabelled: int = 255):
+    """A forest fitted on the training-labelled pixels of tiles (C, H, W) with masks (H, W); returns a function
+    that maps a tile to predicted class indices (H, W)."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    from ..models.features import FilterBank
+
+    bank = FilterBank(BASELINE_SIGMAS)
+    xs, ys = [], []
+    for tile, mask in zip(inputs, train_masks):
+        labelled = mask.reshape(-1) != unlabelled
+        if labelled.any():
+            xs.append(_features(bank, tile)[labelled])
+            ys.append(mask.reshape(-1)[labelled])
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    keep = np.arange(len(y))
+    if len(y) > MAX_TRAIN_PIXELS:
+        keep = np.sort(np.random.default_rng(seed).choice(len(y), MAX_TRAIN_PIXELS, replace=False))
+    forest = RandomForestClassifier(n_estimators=BASELINE_TREES, min_samples_split=BASELINE_MIN_SPLIT,
+                                    max_features="sqrt", n_jobs=1, random_state=seed)
+    forest.fit(x[keep], y[keep])
+
+    def predict(tile: np.ndarray) -> np.ndarray:
+        return forest.predict(_features(bank, tile)).reshape(tile.shape[1:]).astype(np.uint8)
+
+    return predict

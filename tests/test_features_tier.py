@@ -1,0 +1,174 @@
+"""The features classifier, validation on held-out annotations, the baseline, and pretrained input normalisation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import shapely
+import tifffile
+import torch
+from conftest import CLASSES, strokes_from_truth, synthetic_image, write_folder_project
+from dlpixel.classifiers.metadata import ClassifierMetadata
+from dlpixel.config import NormalizationConfig, TrainingConfig
+from dlpixel.data.base import LabelShape
+from dlpixel.data.preprocessing import ChannelStats, Preprocessing, normalize
+from dlpixel.projects import open_project
+from dlpixel.training import objects
+from dlpixel.training.run import train_classifier
+
+# --- input normalisation of pretrained weights --------------------------------------------------------------
+
+def test_each_weight_set_carries_its_input_normalisation() -> None:
+    from dlpixel.config import BACKBONES
+    from dlpixel.models.pretrained import input_normalisation, weight_spec
+
+    for backbone in BACKBONES:
+        spec = weight_spec(backbone)
+        assert len(spec.input_mean) == len(spec.input_std) == 3 and min(spec.input_std) > 0
+    assert input_normalisation("efficientnet-lite0", 3) == ([0.5] * 3, [0.5] * 3)  # TF's (x - 127.5) / 128
+    assert input_normalisation("resnet34", 3) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    mean, std = input_normalisation("resnet34", 1)
+    assert mean == pytest.approx([(0.485 + 0.456 + 0.406) / 3]) and std == pytest.approx([(0.229 + 0.224 + 0.225) / 3])
+    assert input_normalisation("resnet34", 4)[0] == [0.485, 0.456, 0.406, 0.485]
+
+
+def test_input_normalisation_is_the_same_at_training_and_inference() -> None:
+    """One affine step after the dataset normalisation, in the numpy path (training tiles, CPU apply) and the torch
+    path (GPU apply), with the values stored in the metadata; classifiers without it are unchanged."""
+    from dlpixel.inference.gpu import normalize_torch
+
+    raw = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 10
+    stats = ChannelStats(offset=[0.0, 0.0, 0.0], scale=[255.0, 255.0, 255.0])
+    norm = NormalizationConfig(strategy="min_max")
+    old = Preprocessing(channels=[0, 1, 2], channel_names=list("RGB"), normalization=norm)
+    new = old.model_copy(update={"input_mean": [0.5, 0.4, 0.3], "input_std": [0.5, 0.25, 0.2]})
+    expected = (raw / 255.0 - np.array([0.5, 0.4, 0.3])) / np.array([0.5, 0.25, 0.2])
+    np.testing.assert_allclose(normalize(raw, new, stats), expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(normalize(raw, old, stats), raw / 255.0, rtol=1e-6)
+    stored = Preprocessing.model_validate(json.loads(new.model_dump_json()))
+    assert stored == new
+    tiles = torch.from_numpy(raw.transpose(2, 0, 1)[None].copy())
+    on_torch = normalize_torch(tiles, stored, stats)[0].numpy().transpose(1, 2, 0)
+    np.testing.assert_array_equal(on_torch, normalize(raw, stored, stats))
+
+
+def test_a_pretrained_unet_stores_the_input_normalisation_of_its_weights(tmp_path) -> None:
+    img, truth = synthetic_image(96)
+    folder = write_folder_project(tmp_path / "p", {"s.tif": (img, strokes_from_truth(truth, per_class=6))})
+    cfg = TrainingConfig(backbone="efficientnet-lite0", tile_size=32, epochs=1, batch_size=4)
+    meta = train_classifier(open_project(folder), "u", cfg).metadata
+    assert meta.preprocessing.input_mean == [0.5, 0.5, 0.5] and meta.preprocessing.input_std == [0.5, 0.5, 0.5]
+
+
+# --- held-out annotations ------------------------------------------------------------------------------------
+
+def _line(x0: float, y0: float, x1: float, y1: float, name: str) -> LabelShape:
+    return LabelShape(name, shapely.LineString([(x0, y0), (x1, y1)]), "line")
+
+
+def test_held_out_annotations_share_no_pixel_context_included_with_training() -> None:
+    """Every held-out object lies farther than the margin from every training object; rasterised at the stroke
+    width, the held-out pixels dilated by the margin hold no training pixel."""
+    rng = np.random.default_rng(3)
+    shapes = []
+    for k in range(40):
+        x, y = rng.uniform(10, 380, 2)
+        shapes.append(_line(x, y, x + rng.uniform(-15, 15), y + rng.uniform(5, 15), "A" if k % 2 else "B"))
+    margin, stroke = 24.0, 3.0
+    split = objects.split_objects([shapes], ["A", "B"], 0.25, margin, stroke, seed=1)
+    assert split.val[0] and split.train[0] and not set(split.val[0]) & set(split.train[0])
+    assert split.objects["val"]["A"] > 0 and split.objects["val"]["B"] > 0
+    train, held = objects.object_masks(shapes, split, 0, {"A": 0, "B": 1}, 0, 0, 1.0, (400, 400), stroke, 0)
+    assert (train != 255).any() and (held != 255).any()
+    import cv2
+
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * int(margin) + 1, 2 * int(margin) + 1))
+    near_held = cv2.dilate((held != 255).astype(np.uint8), disc) > 0
+    assert not (near_held & (train != 255)).any()
+    # ids of the held-out mask follow split.val_objects()
+    assert sorted(np.unique(held[held != 255]).tolist()) == list(range(len(split.val_objects())))
+
+
+def test_a_class_with_one_annotation_is_never_held_out_and_says_so() -> None:
+    shapes = [_line(10, 10, 40, 10, "A"), _line(10, 200, 40, 200, "B"), _line(200, 200, 240, 200, "B"),
+              _line(200, 10, 240, 10, "B")]
+    split = objects.split_objects([shapes], ["A", "B"], 0.3, 24.0, 3.0, seed=0)
+    assert split.objects["val"]["A"] == 0 and split.objects["train"]["A"] == 1
+    assert any("'A' has 1 annotation" in w for w in split.warnings)
+    assert any("too few to judge" in w for w in split.warnings)
+
+
+def test_bootstrap_and_ignore_classes() -> None:
+    # two objects of class 0 (perfect) and two of class 1 (half wrong): mean IoU over classes 0 and 1
+    per = np.zeros((4, 3, 3), np.int64)
+    per[0, 0, 0] = per[1, 0, 0] = 10
+    per[2, 1, 1] = per[3, 1, 0] = 10
+    mean, per_class = objects.miou(per.sum(0), objects.scored_classes(["A", "B", "Ignore*"]))
+    assert per_class[0] == pytest.approx(20 / 30) and per_class[1] == pytest.approx(0.5)
+    assert mean == pytest.approx((20 / 30 + 0.5) / 2)
+    lo, hi = objects.bootstrap_ci(per, [0, 1], n=300)
+    assert lo <= mean <= hi and hi - lo > 0.1
+    assert objects.scored_classes(["Ignore*", "Tumor", "Ignore stroma"]) == [1]
+
+
+# --- the features classifier end to end ----------------------------------------------------------------------
+
+def test_features_classifier_learns_the_full_truth_from_strokes_and_reports_against_the_same_split(
+        tmp_path, monkeypatch) -> None:
+    """Trained on sparse marks of the synthetic image, applied through the tiled ONNX path: most pixels right
+    against the full truth; the held-out annotations, the baseline and the estimate are recorded; the baseline
+    learns from exactly the training annotations (no held-out pixel)."""
+    import dlpixel
+    from dlpixel.training import baseline, features
+
+    img, truth = synthetic_image(192)
+    folder = write_folder_project(tmp_path / "p", {"s.tif": (img, strokes_from_truth(truth, per_class=10))})
+    seen = {}
+    original = baseline.random_forest_baseline
+
+    def spy(inputs, masks, seed, **kw):
+        seen["masks"] = [m.copy() for m in masks]
+        return original(inputs, masks, seed, **kw)
+
+    monkeypatch.setattr(baseline, "random_forest_baseline", spy)
+    captured = {}
+    original_fit = features.fit_features
+
+    def fit_spy(*args, **kw):
+        result = original_fit(*args, **kw)
+        captured["result"] = result
+        return result
+
+    monkeypatch.setattr(features, "fit_features", fit_spy)
+    entry = dlpixel.train(folder, "f", {"method": "features", "seed": 0})
+    meta = ClassifierMetadata.model_validate_json((entry.path / "metadata.json").read_text())
+    assert meta.architecture == "features" and meta.backbone is None
+    v = meta.split
+    assert v["method"] == "by_objects" and sum(v["objects"]["val"].values()) > 0
+    assert v["baseline"]["held_out_mean_iou"] is not None
+    assert v["reported_mean_iou"] == pytest.approx(min(v["held_out_mean_iou"], v["expected_mean_iou"]), abs=1e-4)
+    assert meta.results.mean_iou == pytest.approx(v["reported_mean_iou"], abs=1e-4)
+    # the baseline learns from the training annotations only: exactly the pixels the split's training masks hold
+    result = captured["result"]
+    assert len(seen["masks"]) == len(result.train_masks)
+    for m, t in zip(seen["masks"], result.train_masks):
+        np.testing.assert_array_equal(m, t)
+    held_pixels = sum(int((h != 255).sum()) for h in result.held_masks)
+    assert held_pixels > 0
+    for m, h in zip(seen["masks"], result.held_masks):
+        assert not ((m != 255) & (h != 255)).any()
+
+    written = dlpixel.apply(folder, "f", {"output": "map", "scope": "image", "backend": "onnx"})
+    pred = tifffile.imread(next(p for p in written if str(p).endswith((".tif", ".tiff"))))
+    pred = pred[0] if pred.ndim == 3 else pred
+    order = np.array([meta.class_names.index(c) for c in CLASSES], np.uint8)
+    assert (pred == order[truth]).mean() >= 0.9
+
+    from dlpixel.classifiers.store import load_classifier
+    from dlpixel.report.page import summary_text
+
+    text = summary_text(meta, load_classifier(folder, "f").path)
+    assert "held-out annotations: mean IoU" in text and "random-forest baseline on the same split" in text
+    assert "Validation on held-out annotations" in (entry.path / "report.html").read_text()
