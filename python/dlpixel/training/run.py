@@ -202,6 +202,14 @@ def _extract(data: TrainingData, cfg: TrainingConfig, emit: Emitter, cancel: Can
         fit = max(64, 32 * int(side // 32))
         if fit < cfg.tile_size:
             cfg = cfg.model_copy(update={"tile_size": fit})
+    elif "tile_size" not in cfg.model_fields_set:
+        # Left at its default, the tile shrinks until the largest image holds at least 2 × 2 tiles (small images
+        # such as a 512 px field of view would otherwise give a single tile and no split).
+        side = max(min(s.width, s.height) for s in data.sources) / cfg.downsample
+        fit = max(64, 32 * int(side / 2 // 32))
+        if fit < cfg.tile_size:
+            emit.log(f"tile_size {cfg.tile_size} → {fit}: the images are small (set tile_size to choose)")
+            cfg = cfg.model_copy(update={"tile_size": fit})
     check_tile_fits(data.sources, names, cfg.tile_size, cfg.downsample)
 
     pre = Preprocessing(channels=channels, channel_names=[channel_names[c] for c in channels],
