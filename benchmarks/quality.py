@@ -161,13 +161,15 @@ def baseline_map(image: np.ndarray, strokes: list[tuple[int, np.ndarray]], seed:
     return random_forest_baseline([x], [labels], seed)(x)
 
 
-def run(methods: list[str], seeds: list[int], epochs: int) -> list[dict]:
+def run(methods: list[str], seeds: list[int], epochs: int, images: list[str] | None = None) -> list[dict]:
     import dlpixel
     import torch
 
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     rows = []
     for name, (image, truth) in load_images().items():
+        if images and name not in images:
+            continue
         fg = truth > 0
         for seed in seeds:
             strokes = make_strokes(truth, seed=seed)
@@ -175,9 +177,10 @@ def run(methods: list[str], seeds: list[int], epochs: int) -> list[dict]:
             with tempfile.TemporaryDirectory() as tmp:
                 write_project(Path(tmp), image, strokes)
                 for method in methods:
-                    settings = {"method": method, "line_stroke_width": STROKE_PX, "seed": seed}
-                    if method == "unet":
-                        settings.update({"backbone": "efficientnet-lite0", "tile_size": 256, "epochs": epochs})
+                    settings = {"method": method.split("_")[0], "line_stroke_width": STROKE_PX, "seed": seed}
+                    if method.startswith("unet"):
+                        settings.update({"backbone": "efficientnet-lite0", "tile_size": 256, "epochs": epochs,
+                                         "pseudo_labels": method == "unet_pseudo"})
                     start = time.perf_counter()
                     entry = dlpixel.train(tmp, f"q_{method}", settings, overwrite=True)
                     seconds = time.perf_counter() - start
@@ -205,12 +208,14 @@ def run(methods: list[str], seeds: list[int], epochs: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=["features"], choices=["features", "unet"])
+    parser.add_argument("--methods", nargs="+", default=["features"], choices=["features", "unet", "unet_pseudo"],
+                        help="unet: lite0 on 256 px tiles; unet_pseudo: the same with pseudo_labels on")
+    parser.add_argument("--images", nargs="+", choices=["nuclei_fluo", "bacteria_phase"], help="default: both")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=30, help="U-Net epochs")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
-    rows = run(args.methods, args.seeds, args.epochs)
+    rows = run(args.methods, args.seeds, args.epochs, args.images)
     print("\nmeans over seeds")
     for name in dict.fromkeys(r["image"] for r in rows):
         for method in args.methods:

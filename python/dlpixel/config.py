@@ -145,6 +145,10 @@ class TrainingConfig(_Settings):
     structure-tensor eigenvalues at 1, 2 and 4 px) with a linear head, trained on the labelled pixels in seconds on a
     CPU and validated on whole annotations held out from training, beside a random-forest baseline; it ignores the
     U-Net settings (backbone, epochs, freezing, augmentation)."""
+    pseudo_labels: bool = False
+    """U-Net only: before training, fit the features classifier on the training tiles' labels and add the unlabelled
+    pixels of those tiles that it calls with probability >= 0.9 as extra labels (validation tiles are untouched), so
+    the U-Net learns where objects end rather than that an object is nearby."""
     backbone: str = "resnet34"
     pretrained: bool = True
     freeze: Freeze = "auto"

@@ -27,7 +27,7 @@ TRAINING_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Data: tiles sampled over the annotations", (
         "tile_size", "downsample", "context_scale", "tile_overlap", "line_stroke_width", "validation_split",
     )),
-    ("Architecture", ("architecture", "method", "backbone")),
+    ("Architecture", ("architecture", "method", "backbone", "pseudo_labels")),
     ("Training parameters", ("epochs", "batch_size", "learning_rate", "weight_decay")),
     ("Training strategy", ("scheduler", "loss", "early_stop_metric", "early_stop_patience", "precision")),
     ("Transfer learning", ("pretrained", "freeze")),

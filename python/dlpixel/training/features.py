@@ -232,3 +232,35 @@ def fit_features(cache: PatchCache, shapes_per_image: list, classes: list[str], 
         val_loss=history[0]["val_loss"], seconds=seconds, validation=validation, val_tiles=val_tiles,
         train_masks=train_masks, held_masks=held_masks,
         train_counts=all_counts - val_counts, val_counts=val_counts, class_weights=np.asarray(weights))
+
+
+PSEUDO_LABEL_CONFIDENCE = 0.9
+"""Unlabelled pixels the features classifier calls with at least this probability become U-Net training labels."""
+
+
+def pseudo_label_masks(cache: PatchCache, train_tiles: list[int], n_classes: int, cfg: TrainingConfig,
+                       cancel: CancelToken) -> tuple[np.ndarray, int]:
+    """The patch cache's masks with the training tiles' unlabelled pixels filled in where a features classifier,
+    fitted on the training tiles' labels only, is confident; validation tiles keep their masks. Returns the masks
+    and the number of pixels filled in."""
+    from ..models.features import FeaturesNet
+    from .losses import class_weights_from_counts
+
+    train = set(train_tiles)
+    empty = np.full(cache.masks.shape[1:], UNLABELLED, np.uint8)
+    masks = [cache.masks[i] if i in train else empty for i in range(len(cache))]
+    counts = np.stack([np.bincount(m.reshape(-1), minlength=256)[:n_classes] for m in masks]).sum(0)
+    model = FeaturesNet(cache.input(train_tiles[0]).shape[0], n_classes).eval()
+    _fit_head(model, *_labelled_features(model, cache, masks, cfg.seed, cancel),
+              class_weights_from_counts(counts.tolist(), [1.0] * n_classes))
+    out = cache.masks.copy()
+    filled = 0
+    with torch.inference_mode():
+        for i in train_tiles:
+            cancel.check()
+            p = torch.softmax(model(torch.from_numpy(cache.input(i))[None])[0], 0)
+            best, call = p.max(0)
+            add = (out[i] == UNLABELLED) & (best.numpy() >= PSEUDO_LABEL_CONFIDENCE)
+            out[i][add] = call.numpy()[add]
+            filled += int(add.sum())
+    return out, filled

@@ -282,6 +282,12 @@ def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: Trai
 
     multipliers = [cfg.class_weights.get(c, 1.0) for c in data.classes]
     weights = class_weights_from_counts(train_counts.tolist(), multipliers)
+    if cfg.pseudo_labels:
+        from .features import pseudo_label_masks
+
+        cache.masks, filled = pseudo_label_masks(cache, split.train, n_classes, cfg, cancel)
+        emit.log(f"pseudo-labels: {filled} unlabelled pixels of the training tiles added where the features "
+                 "classifier is confident")
 
     torch.manual_seed(cfg.seed)
     model, provenance = create_model(cfg.backbone, pre.n_inputs, n_classes, cfg.pretrained and not init_weights_from)
