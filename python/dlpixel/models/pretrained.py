@@ -222,6 +222,9 @@ _IMAGENET_LICENCES = {
 
 
 def _imagenet_spec(backbone: str) -> WeightSpec:
+    from ._torchvision_compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
     import segmentation_models_pytorch as smp
 
     settings = smp.encoders.encoders[backbone]["pretrained_settings"]["imagenet"]
@@ -233,9 +236,6 @@ def _imagenet_spec(backbone: str) -> WeightSpec:
         licence=_IMAGENET_LICENCES[backbone],
         filename=f"{repo.split('/')[-1]}.safetensors",
         source_description=f"ImageNet weights of segmentation_models_pytorch ({repo} at {revision[:12]})",
-    from ._torchvision_compat import ensure_torchvision_importable
-
-    ensure_torchvision_importable()
         remap=remap_identity,
         encoder=backbone,
         hf_repo=repo,
