@@ -58,8 +58,15 @@ def test_a_pretrained_unet_stores_the_input_normalisation_of_its_weights(tmp_pat
     img, truth = synthetic_image(96)
     folder = write_folder_project(tmp_path / "p", {"s.tif": (img, strokes_from_truth(truth, per_class=6))})
     cfg = TrainingConfig(backbone="efficientnet-lite0", tile_size=32, epochs=1, batch_size=4)
-    meta = train_classifier(open_project(folder), "u", cfg).metadata
+    entry = train_classifier(open_project(folder), "u", cfg)
+    meta = entry.metadata
     assert meta.preprocessing.input_mean == [0.5, 0.5, 0.5] and meta.preprocessing.input_std == [0.5, 0.5, 0.5]
+    # the random-forest baseline is trained and scored on the U-Net's own split, and shown
+    base = meta.split["baseline"]
+    assert 0 <= base["val_mean_iou"] <= 1 and set(base["per_class_iou"]) == set(meta.class_names)
+    from dlpixel.report.page import summary_text
+
+    assert "random-forest baseline on the same validation tiles" in summary_text(meta, entry.path)
 
 
 # --- held-out annotations ------------------------------------------------------------------------------------

@@ -311,7 +311,9 @@ def _validation_section(meta: ClassifierMetadata) -> str:
     if not lines:
         return ""
     items = "".join(f"<li>{_e(line)}</li>" for line in lines)
-    return f'<section id="validation"><h2>Validation on held-out annotations</h2><ul>{items}</ul></section>'
+    title = ("Validation on held-out annotations" if meta.split.get("method") == "by_objects"
+             else "Random-forest baseline")
+    return f'<section id="validation"><h2>{title}</h2><ul>{items}</ul></section>'
 
 
 def write_report(folder: Path, meta: ClassifierMetadata, history: list[dict[str, Any]],
@@ -366,14 +368,13 @@ def summary_text(meta: ClassifierMetadata, folder: Path) -> str:
              f"  input        {', '.join(meta.input_channels)}; {meta.tile_size} px tiles at downsample "
              f"{meta.downsample:g}" + (f" ({meta.pixel_size_um:.3g} µm/px)" if meta.pixel_size_um else ""),
              f"  images       {', '.join(meta.images) or '-'}"]
-    if meta.split and meta.split.get("method") == "by_objects":
-        from .validation import validation_lines
+    from .validation import validation_lines
 
-        lines += ["  validation   " + line for line in validation_lines(meta)]
-    elif meta.split:
+    if meta.split and meta.split.get("method") != "by_objects":
         split = meta.split
         lines.append(f"  tiles        {split.get('train_tiles', '?')} training, {split.get('val_tiles', '?')} "
                      f"validation ({split.get('method', '?')} split)")
+    lines += ["  validation   " + line for line in validation_lines(meta)]
     if meta.training is not None:
         changed = changed_settings(meta.training)
         lines.append("  settings     " + ("all defaults" if not changed else "differ from the defaults:"))

@@ -12,8 +12,13 @@ def _f(value: Any) -> str:
 
 
 def validation_lines(meta: ClassifierMetadata) -> list[str]:
-    """Lines about the held-out-annotation validation and the baseline; none for a tile-split classifier."""
+    """Lines about the held-out-annotation validation and the baseline (for a tile split: the baseline only)."""
     v = meta.split
+    if v and v.get("method") != "by_objects" and v.get("baseline"):
+        base = v["baseline"]
+        per = ", ".join(f"{c} {_f(base.get('per_class_iou', {}).get(c))}" for c in meta.class_names)
+        mean = _f(base.get("val_mean_iou"))
+        return [f"random-forest baseline on the same validation tiles: mean IoU {mean} ({per})"]
     if not v or v.get("method") != "by_objects":
         return []
     lo, hi = v.get("held_out_ci95") or [None, None]

@@ -53,3 +53,27 @@ def random_forest_baseline(inputs: Sequence[np.ndarray], train_masks: Sequence[n
         return forest.predict(_features(bank, tile)).reshape(tile.shape[1:]).astype(np.uint8)
 
     return predict
+
+
+def baseline_on_tiles(cache, train_tiles, val_tiles, classes: Sequence[str], seed: int) -> dict:
+    """The forest fitted on the training tiles' labels and scored on the validation tiles' labels (the U-Net's own
+    split): mean IoU over the scored classes and IoU per class, for ``metadata.split['baseline']``."""
+    from .objects import miou, scored_classes
+
+    if not len(train_tiles) or not len(val_tiles):
+        return {}
+    predict = random_forest_baseline([cache.input(i) for i in train_tiles], [cache.masks[i] for i in train_tiles],
+                                     seed)
+    k = len(classes)
+    confusion = np.zeros((k, k), np.int64)
+    for i in val_tiles:
+        truth = cache.masks[i].reshape(-1)
+        where = truth != 255
+        if where.any():
+            pred = predict(cache.input(i)).reshape(-1)
+            np.add.at(confusion, (truth[where].astype(np.int64), pred[where].astype(np.int64)), 1)
+    mean, per = miou(confusion, scored_classes(classes))
+    return {"name": "random forest (QuPath's pixel classifier: 50 trees on Gaussian, gradient, LoG, Hessian and "
+                    "structure-tensor features at 1-8 px)",
+            "val_mean_iou": None if np.isnan(mean) else round(float(mean), 4),
+            "per_class_iou": {c: None if v is None else round(v, 4) for c, v in zip(classes, per)}}

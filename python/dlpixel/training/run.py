@@ -282,6 +282,7 @@ def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: Trai
 
     multipliers = [cfg.class_weights.get(c, 1.0) for c in data.classes]
     weights = class_weights_from_counts(train_counts.tolist(), multipliers)
+    baseline = _tile_baseline(cache, split, data.classes, cfg.seed, emit)
     if cfg.pseudo_labels:
         from .features import pseudo_label_masks
 
@@ -321,7 +322,7 @@ def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: Trai
         preprocessing=pre,
         training=cfg,
         images=names,
-        split=split.record(),
+        split={**split.record(), **({"baseline": baseline} if baseline else {})},
         labelled_pixels={"train": dict(zip(data.classes, map(int, train_counts))),
                          "val": dict(zip(data.classes, map(int, val_counts)))},
         class_weights=dict(zip(data.classes, map(float, weights))),
@@ -367,6 +368,20 @@ def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: Trai
                     if result.stopped_by_user else ")"))
     return entry
 
+
+
+def _tile_baseline(cache: PatchCache, split, classes: list[str], seed: int, emit: Emitter) -> dict:
+    """QuPath's random forest on the same training tiles, scored on the same validation tiles; a failure only warns."""
+    from .baseline import baseline_on_tiles
+
+    try:
+        baseline = baseline_on_tiles(cache, split.train, split.val, classes, seed)
+    except Exception as err:  # noqa: BLE001
+        emit.log(f"the random-forest baseline could not be computed: {err}", level="warning")
+        return {}
+    if baseline:
+        emit.log(f"random-forest baseline on the same split: validation mean IoU {baseline['val_mean_iou']}")
+    return baseline
 
 
 def _train_features_and_save(project: Project, name: str, cfg: TrainingConfig, data: TrainingData, names: list[str],
