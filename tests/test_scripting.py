@@ -63,7 +63,7 @@ def every_option_changed() -> TrainingConfig:
         loss="focal_dice",
         early_stop_metric="val_loss",
         early_stop_patience=4,
-        mixed_precision=False,
+        precision="fp16",
         augment={"hflip": False, "vflip": False, "rot90": False, "color_jitter": True, "elastic": True},
         channels=[2, 0],
         classes=["Tumor", "Stroma", "Ignore*"],
@@ -73,6 +73,8 @@ def every_option_changed() -> TrainingConfig:
         seed=7,
         num_workers=1,
         device="cpu",
+        compile=True,
+        log_every=3,
     )
 
 

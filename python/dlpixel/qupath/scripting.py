@@ -34,7 +34,7 @@ TRAINING_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Data augmentation (training tiles only)", ("augment",)),
     ("Channels and classes", ("channels", "classes", "class_weights")),
     ("Normalization", ("normalization",)),
-    ("Reproducibility and hardware", ("seed", "num_workers", "device")),
+    ("Reproducibility and hardware", ("seed", "num_workers", "device", "compile", "log_every")),
 )
 """Where each training setting is shown, following the training dialog's sections."""
 
@@ -42,7 +42,7 @@ INFERENCE_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Output and scope", ("output", "scope")),
     ("Objects (output 'objects')", ("object_type", "min_object_area", "min_hole_area", "simplify")),
     ("Tiling (null: the classifier's own value)", ("tile_size", "overlap")),
-    ("Hardware", ("batch_size", "device", "backend", "reader_threads")),
+    ("Hardware", ("batch_size", "device", "backend", "precision", "reader_threads")),
 )
 """Where each inference setting is shown."""
 
