@@ -144,7 +144,7 @@ def test_what_cannot_be_done_per_plane_names_the_image(project, tmp_path):
         apply_classifier(open_project(project), "t", InferenceConfig(output="map", scope="image"))
     assert "\n" not in str(err.value)
     with pytest.raises(DataError, match="annotations on 2 planes"):
-        apply_classifier(open_project(project), "t", InferenceConfig(output="map"))
+        apply_classifier(open_project(project), "t", InferenceConfig(output="map", scope="annotations"))
     # A plane the image lacks.
     flat = tmp_path / "flat"
     flat.mkdir()

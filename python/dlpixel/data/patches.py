@@ -21,7 +21,7 @@ from ..errors import ConfigError, DataError
 from ..runtime.tiling import axis_positions
 from .base import ImageSource, LabelShape
 from .geometry import rasterize
-from .preprocessing import ChannelStats, Preprocessing, normalize, read_tile, tile_footprint
+from .preprocessing import ChannelStats, Preprocessing, normalize, read_raw_tile, tile_footprint
 
 UNLABELLED = 255
 DEFAULT_STROKE_PX = 5.0
@@ -293,10 +293,8 @@ class _Inputs:
 
 def _raw_tile(source: ImageSource, pre: Preprocessing, downsample: float, x: float, y: float, size: int,
               ) -> np.ndarray:
-    """``read_tile`` without normalisation: the same read through the identity affine map (float32, exact)."""
-    identity = pre.model_copy(update={"normalization": pre.normalization.model_copy(update={"strategy": "z_score"})})
-    n = len(pre.channels)
-    return read_tile(source, identity, ChannelStats(offset=[0.0] * n, scale=[1.0] * n), downsample, x, y, size)
+    """``read_tile`` without normalisation (``preprocessing.read_raw_tile``; float32, exact)."""
+    return read_raw_tile(source, pre, downsample, x, y, size)
 
 
 

@@ -203,6 +203,17 @@ def read_tile(
     return np.ascontiguousarray(tile)
 
 
+def read_raw_tile(source: ImageSource, pre: Preprocessing, downsample: float, x: float, y: float,
+                  size: int) -> np.ndarray:
+    """``read_tile`` before any normalisation (float32 (size, size, n_inputs), context included): the same exact
+    read through the identity map, with neither the image statistics nor a backbone's input mean and std applied."""
+    n = len(pre.channels)
+    identity = pre.model_copy(update={
+        "normalization": pre.normalization.model_copy(update={"strategy": NormStrategy.z_score.value}),
+        "input_mean": None, "input_std": None})
+    return read_tile(source, identity, ChannelStats(offset=[0.0] * n, scale=[1.0] * n), downsample, x, y, size)
+
+
 def tile_footprint(downsample: float, context_scale: int, x: float, y: float, size: int) -> tuple[int, int, int, int]:
     """Full-resolution bounds (x0, y0, x1, y1) of every pixel a tile's input depends on (context included)."""
     extent = size * downsample

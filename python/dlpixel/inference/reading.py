@@ -12,10 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..config import NormStrategy
 from ..data.base import ImageSource
 from ..data.geometry import read_pixels
-from ..data.preprocessing import ChannelStats, Preprocessing, normalize, read_tile
+from ..data.preprocessing import ChannelStats, Preprocessing, normalize, read_raw_tile
 
 MAX_STRIP_WASTE = 2.0
 """A row whose kept tiles are sparse (a strip more than this many times their area) is read tile by tile."""
@@ -23,12 +22,8 @@ MAX_STRIP_WASTE = 2.0
 
 def _raw_tile_with_context(source: ImageSource, pre: Preprocessing, downsample: float, x: int, y: int,
                            size: int) -> np.ndarray:
-    """``read_tile`` without normalisation (float32): the same read, with the identity affine map."""
-    identity = pre.model_copy(update={"normalization": pre.normalization.model_copy(
-        update={"strategy": NormStrategy.z_score.value})})
-    n = len(pre.channels)
-    stats = ChannelStats(offset=[0.0] * n, scale=[1.0] * n)
-    return read_tile(source, identity, stats, downsample, x * downsample, y * downsample, size)
+    """``read_tile`` without normalisation (``preprocessing.read_raw_tile``; float32)."""
+    return read_raw_tile(source, pre, downsample, x * downsample, y * downsample, size)
 
 
 def read_raw_row(source: ImageSource, pre: Preprocessing, downsample: float, xs: Sequence[int], y: int,
