@@ -191,3 +191,43 @@ def test_a_batch_of_stored_and_resampled_tiles_uploads_as_float32():
     x = PinnedUploader(torch.device("cpu"))([a, b])
     assert x.shape == (2, 3, 4, 4) and x.dtype == torch.float32
     assert x[0].eq(7).all() and x[1].eq(7.5).all()
+
+
+def test_validation_counts_on_the_device_equal_the_confusion_matrix():
+    from dlpixel.training.metrics import ConfusionMatrix
+    from dlpixel.training.trainer import evaluate
+
+    torch.manual_seed(0)
+    model = _Pointwise(1)
+    x = torch.rand(5, 3, 16, 16)
+    y = torch.randint(0, 3, (5, 16, 16))
+    y[:, ::3] = 255
+    loader = [(x[:3], y[:3]), (x[3:], y[3:])]
+    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=255)
+    loss, cm = evaluate(model, loader, loss_fn, 3, torch.device("cpu"), None)
+    want = ConfusionMatrix(3)
+    with torch.no_grad():
+        for xb, yb in loader:
+            want.update(model(xb).argmax(1), yb)
+        want_loss = np.mean([float(loss_fn(model(xb), yb)) for xb, yb in loader])
+    assert np.array_equal(cm.matrix, want.matrix) and cm.matrix.sum() == int((y != 255).sum())
+    assert abs(loss - want_loss) < 1e-6
+
+
+def test_a_non_finite_loss_stops_training_with_one_line_naming_the_batch():
+    from dlpixel.errors import TrainingError
+    from dlpixel.training.bench import _synthetic_cache
+    from dlpixel.training.trainer import fit
+
+    cache = _synthetic_cache(6, 32)
+    assert cache.raw.dtype == np.uint8 and cache.images[0].dtype == np.float32
+    from dlpixel.models.factory import create_model
+
+    model, _ = create_model("efficientnet-lite0", 3, 3, pretrained=False)
+    with torch.no_grad():
+        model.segmentation_head[0].bias.fill_(float("nan"))
+    cfg = TrainingConfig(tile_size=32, batch_size=2, epochs=1, device="cpu", pretrained=False,
+                         early_stop_patience=0)
+    with pytest.raises(TrainingError, match=r"the loss became nan at epoch 1, batch 1;") as err:
+        fit(model, cache, [0, 1, 2, 3], [4, 5], 3, cfg, np.ones(3, np.float32))
+    assert "\n" not in str(err.value)
