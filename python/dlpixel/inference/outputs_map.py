@@ -14,6 +14,7 @@ import os
 import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -64,6 +65,18 @@ class _Level:
         self.n_tx, self.n_ty = math.ceil(width / tile), math.ceil(height / tile)
         self.offsets = np.zeros((channels, self.n_ty, self.n_tx), np.int64)
         self.lengths = np.zeros((channels, self.n_ty, self.n_tx), np.int64)
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _compress_pool() -> ThreadPoolExecutor:
+    """Threads that compress map tiles (one per core, at most 8), shared by every writer of the process."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)),
+                                   thread_name_prefix="dlpixel-compress")
+    return _POOL
 
 
 def ome_color(rgb: tuple[int, int, int]) -> int:
@@ -196,15 +209,20 @@ class ClassMapWriter:
         t = level.tile
         level.buffer[level.filled :] = 0
         for c in range(self.channels):
+        blocks = []
             for tx in range(level.n_tx):
                 block = np.zeros((t, t), np.uint8)
                 part = level.buffer[:, tx * t : (tx + 1) * t, c]
                 block[:, : part.shape[1]] = part
-                data = zlib.compress(block.tobytes(), self.compression_level)
-                level.offsets[c, ty, tx] = self._spool_size
-                level.lengths[c, ty, tx] = len(data)
-                self._spool.write(data)
-                self._spool_size += len(data)
+                blocks.append((c, tx, block.tobytes()))
+        # zlib releases the GIL: the tiles of a row compress in parallel (the bytes are the same as one by one),
+        # so on a GPU writing the map keeps up with the model.
+        level_ = self.compression_level
+        for (c, tx, _), data in zip(blocks, _compress_pool().map(lambda b: zlib.compress(b[2], level_), blocks)):
+            level.offsets[c, ty, tx] = self._spool_size
+            level.lengths[c, ty, tx] = len(data)
+            self._spool.write(data)
+            self._spool_size += len(data)
         level.filled = 0
 
     def _tiles(self, level: _Level) -> Iterator[bytes]:
