@@ -208,17 +208,18 @@ class ClassMapWriter:
         ty = (level.rows_in - 1) // level.tile
         t = level.tile
         level.buffer[level.filled :] = 0
-        for c in range(self.channels):
-        blocks = []
-            for tx in range(level.n_tx):
-                block = np.zeros((t, t), np.uint8)
-                part = level.buffer[:, tx * t : (tx + 1) * t, c]
-                block[:, : part.shape[1]] = part
-                blocks.append((c, tx, block.tobytes()))
-        # zlib releases the GIL: the tiles of a row compress in parallel (the bytes are the same as one by one),
-        # so on a GPU writing the map keeps up with the model.
-        level_ = self.compression_level
-        for (c, tx, _), data in zip(blocks, _compress_pool().map(lambda b: zlib.compress(b[2], level_), blocks)):
+
+        def compress(where: tuple[int, int]) -> bytes:
+            c, tx = where
+            block = np.zeros((t, t), np.uint8)
+            part = level.buffer[:, tx * t : (tx + 1) * t, c]
+            block[:, : part.shape[1]] = part
+            return zlib.compress(block, self.compression_level)
+
+        # zlib releases the GIL: the tiles of a row compress in parallel threads (the same bytes as one by one), so
+        # on a GPU writing the map keeps up with the model; each thread holds one tile at a time.
+        where = [(c, tx) for c in range(self.channels) for tx in range(level.n_tx)]
+        for (c, tx), data in zip(where, _compress_pool().map(compress, where)):
             level.offsets[c, ty, tx] = self._spool_size
             level.lengths[c, ty, tx] = len(data)
             self._spool.write(data)
