@@ -9,6 +9,7 @@ tensors, where the tests compare it with the numpy path.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -134,6 +135,8 @@ class DeviceBlender:
         self.acc[:, t - rows:] = 0
         self.wsum[t - rows:] = 0
 
+    preprocess_seconds = 0.0
+    """Host seconds of the last batch's upload and normalisation (launched; the device runs them later)."""
     upload: Any = None
     """Raw tiles to the device (``PinnedUploader``), set by the predictor."""
     normalize: Any = None
@@ -142,7 +145,9 @@ class DeviceBlender:
     def run(self, backend: Any, tiles: Sequence[np.ndarray]) -> torch.Tensor:
         """Raw tiles (H, W, C) to weighted probabilities (N, K, T, T) on the device: upload, normalise, model."""
         with torch.inference_mode():
+            t0 = time.perf_counter()
             x = self.normalize(self.upload(tiles))
+            self.preprocess_seconds = time.perf_counter() - t0
             return backend.probabilities_on_device(x).mul_(self.window)
 
     def add(self, weighted: torch.Tensor, i: int, x: int) -> None:

@@ -332,15 +332,13 @@ class Predictor:
         pre = self.meta.preprocessing
         device = self.uses_device()
         blender: Any = (self._device_blender(ax1 - ax0, pre, stats) if device
-                        else _HostBlender(self.n_classes, t, ax1 - ax0, self.window))
-        timings = self.timings = {"read": 0.0, "model": 0.0, "blend": 0.0, "write": 0.0}
+                        else _HostBlender(self.n_classes, t, ax1 - ax0, self.window, pre, stats))
+        timings = self.timings = {"read": 0.0, "preprocess": 0.0, "model": 0.0, "blend": 0.0, "write": 0.0}
         state = {"buf_y": rows[0][0], "emitted": y0}
 
         def read_row(y: int, xs: list[int]) -> list[np.ndarray]:
-            raw = read_raw_row(source, pre, ds, xs, y, t)
-            if device:
-                return raw
-            return [normalize_raw(r, pre, stats).transpose(2, 0, 1) for r in raw]
+            # Raw pixels (uint8: a quarter of float32) wait in the queue; normalisation comes with the batch.
+            return read_raw_row(source, pre, ds, xs, y, t)
 
         def strip(until: int) -> Strip | None:
             until = min(until, y1)
@@ -369,7 +367,8 @@ class Predictor:
 
             def fill() -> None:
                 nonlocal cursor, queued
-                while cursor < len(plan) and (queued < ahead or not futures):
+                # At least one row per reader thread is in flight, so rows decode in parallel.
+                while cursor < len(plan) and (queued < ahead or len(futures) < self.reader_threads):
                     y, xs = plan[cursor]
                     futures.append((cursor, pool.submit(read_row, y, xs)))
                     queued += len(xs)
@@ -400,7 +399,8 @@ class Predictor:
                 t0 = time.perf_counter()
                 probs = blender.run(self.backend, [tile for _, _, tile in batch])
                 t1 = time.perf_counter()
-                timings["model"] += t1 - t0
+                timings["preprocess"] += blender.preprocess_seconds
+                timings["model"] += t1 - t0 - blender.preprocess_seconds
                 # The strips finished by the previous batch go out now, while this one computes.
                 for out in pending:
                     yield out
@@ -447,14 +447,21 @@ class _HostBlender:
     """The accumulator of one row of tiles in host memory (numpy): probabilities weighted by the blending window,
     and the summed weights."""
 
-    def __init__(self, n_classes: int, tile: int, width: int, window: np.ndarray):
+    def __init__(self, n_classes: int, tile: int, width: int, window: np.ndarray, pre: Any, stats: ChannelStats):
         self.tile = tile
         self.window = window
+        self.pre, self.stats = pre, stats
+        self.preprocess_seconds = 0.0
         self.acc = np.zeros((n_classes, tile, width), np.float32)
         self.wsum = np.zeros((tile, width), np.float32)
 
     def run(self, backend: Backend, tiles: list[np.ndarray]) -> np.ndarray:
-        probs = backend(np.stack(tiles))
+        """Raw tiles (H, W, C) to weighted probabilities (N, K, T, T): normalise (as ``read_tile``), model."""
+        t0 = time.perf_counter()
+        batch = normalize_raw(np.stack(tiles), self.pre, self.stats)
+        batch = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+        self.preprocess_seconds = time.perf_counter() - t0
+        probs = backend(batch)
         probs *= self.window
         return probs
 
