@@ -263,3 +263,14 @@ def test_pseudo_labels_fill_only_unlabelled_pixels_of_training_tiles_where_confi
     added = (out[0] != 255) & ~labelled
     assert filled == int(added.sum()) > 0.5 * added.size
     assert (out[0][added] == truths[0][added]).mean() >= 0.95
+
+
+def test_the_training_filter_bank_equals_the_saved_models() -> None:
+    """Training computes the filters with OpenCV, the saved model (and its ONNX export) with torch: the same numbers."""
+    from dlpixel.models.features import FilterBank, filter_bank_numpy
+
+    x = np.random.default_rng(0).random((2, 70, 90)).astype(np.float32)
+    for sigmas in ((1.0, 2.0, 4.0), (1.0, 2.0, 4.0, 8.0)):
+        with torch.no_grad():
+            expected = FilterBank(sigmas)(torch.from_numpy(x)[None])[0].numpy()
+        np.testing.assert_allclose(filter_bank_numpy(x, sigmas), expected, atol=1e-5)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -79,6 +80,33 @@ class FilterBank(nn.Module):
                     half_trace - root, j_half + j_root, j_half - j_root]
         features = torch.cat(out, 1)
         return features.reshape(n, c * features.shape[1], h, w)
+
+
+def filter_bank_numpy(x: np.ndarray, sigmas: Sequence[float] = DEFAULT_SIGMAS) -> np.ndarray:
+    """``FilterBank`` of one tile (C, H, W) float32 computed with OpenCV (the same kernels, reflect borders, the
+    same order): several times faster on a CPU than torch's convolutions of one-channel images. Training uses it;
+    the saved model computes the same with ``FilterBank``."""
+    import cv2
+
+    kernels = [[_gaussian_1d(s, o, math.ceil(3 * s)).numpy() for o in range(3)] for s in sigmas]
+
+    def sep(img: np.ndarray, ky: np.ndarray, kx: np.ndarray) -> np.ndarray:
+        return cv2.sepFilter2D(img, cv2.CV_32F, kx, ky, borderType=cv2.BORDER_REFLECT_101)
+
+    out = []
+    for z in np.asarray(x, np.float32):
+        out.append(z)
+        for s, (k0, k1, k2) in zip(sigmas, kernels):
+            gx, gy = sep(z, k0, k1) * s, sep(z, k1, k0) * s
+            gxx, gyy, gxy = sep(z, k0, k2) * (s * s), sep(z, k2, k0) * (s * s), sep(z, k1, k1) * (s * s)
+            half_trace = (gxx + gyy) / 2
+            root = np.sqrt(((gxx - gyy) / 2) ** 2 + gxy * gxy + 1e-12)
+            jxx, jyy, jxy = sep(gx * gx, k0, k0), sep(gy * gy, k0, k0), sep(gx * gy, k0, k0)
+            j_half = (jxx + jyy) / 2
+            j_root = np.sqrt(((jxx - jyy) / 2) ** 2 + jxy * jxy + 1e-12)
+            out += [sep(z, k0, k0), np.sqrt(gx * gx + gy * gy + 1e-12), 2 * half_trace, half_trace + root,
+                    half_trace - root, j_half + j_root, j_half - j_root]
+    return np.stack(out).astype(np.float32, copy=False)
 
 
 class FeaturesNet(nn.Module):

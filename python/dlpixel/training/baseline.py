@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 BASELINE_SIGMAS = (1.0, 2.0, 4.0, 8.0)
 BASELINE_TREES = 50
@@ -20,26 +19,24 @@ MAX_TRAIN_PIXELS = 100_000
 """At most this many labelled pixels (drawn at random) train the forest."""
 
 
-def _features(bank: torch.nn.Module, tile: np.ndarray) -> np.ndarray:
-    with torch.inference_mode():
-        f = bank(torch.from_numpy(np.ascontiguousarray(tile, np.float32))[None])[0]
-    return f.reshape(f.shape[0], -1).T.numpy()
+def _features(tile: np.ndarray) -> np.ndarray:
+    from ..models.features import filter_bank_numpy
+
+    f = filter_bank_numpy(tile, BASELINE_SIGMAS)
+    return f.reshape(f.shape[0], -1).T
 
 
 def random_forest_baseline(inputs: Sequence[np.ndarray], train_masks: Sequence[np.ndarray], seed: int,
                            unlabelled: int = 255):
     """A forest fitted on the training-labelled pixels of tiles (C, H, W) with masks (H, W); returns a function
-    that maps a tile to predicted class indices (H, W)."""
+    that maps a tile (and optionally the pixels to classify) to predicted class indices (H, W)."""
     from sklearn.ensemble import RandomForestClassifier
 
-    from ..models.features import FilterBank
-
-    bank = FilterBank(BASELINE_SIGMAS)
     xs, ys = [], []
     for tile, mask in zip(inputs, train_masks):
         labelled = mask.reshape(-1) != unlabelled
         if labelled.any():
-            xs.append(_features(bank, tile)[labelled])
+            xs.append(_features(tile)[labelled])
             ys.append(mask.reshape(-1)[labelled])
     x, y = np.concatenate(xs), np.concatenate(ys)
     keep = np.arange(len(y))
@@ -49,8 +46,15 @@ def random_forest_baseline(inputs: Sequence[np.ndarray], train_masks: Sequence[n
                                     max_features="sqrt", n_jobs=1, random_state=seed)
     forest.fit(x[keep], y[keep])
 
-    def predict(tile: np.ndarray) -> np.ndarray:
-        return forest.predict(_features(bank, tile)).reshape(tile.shape[1:]).astype(np.uint8)
+    def predict(tile: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+        """Class per pixel (H, W); with ``where`` (H, W) bool only those pixels are classified (255 elsewhere)."""
+        f = _features(tile)
+        if where is None:
+            return forest.predict(f).reshape(tile.shape[1:]).astype(np.uint8)
+        out = np.full(tile.shape[1:], 255, np.uint8)
+        if where.any():
+            out[where] = forest.predict(f[where.reshape(-1)]).astype(np.uint8)
+        return out
 
     return predict
 
@@ -70,7 +74,7 @@ def baseline_on_tiles(cache, train_tiles, val_tiles, classes: Sequence[str], see
         truth = cache.masks[i].reshape(-1)
         where = truth != 255
         if where.any():
-            pred = predict(cache.input(i)).reshape(-1)
+            pred = predict(cache.input(i), where.reshape(cache.masks[i].shape)).reshape(-1)
             np.add.at(confusion, (truth[where].astype(np.int64), pred[where].astype(np.int64)), 1)
     mean, per = miou(confusion, scored_classes(classes))
     return {"name": "random forest (QuPath's pixel classifier: 50 trees on Gaussian, gradient, LoG, Hessian and "

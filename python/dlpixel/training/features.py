@@ -60,6 +60,20 @@ class FeaturesResult:
     precision: str = "float32"
 
 
+def _bank(model: Any, tile: np.ndarray) -> torch.Tensor:
+    """The model's filter bank of one tile (C, H, W) -> (F, H, W), through OpenCV (equal to ``model.bank``)."""
+    from ..models.features import filter_bank_numpy
+
+    return torch.from_numpy(filter_bank_numpy(tile, model.bank.sigmas))
+
+
+def _probabilities(model: Any, tile: np.ndarray) -> torch.Tensor:
+    """Class probabilities (K, H, W) of one tile, as the saved model computes them."""
+    with torch.no_grad():
+        z = (_bank(model, tile)[None] - model.feature_mean) / model.feature_std
+        return torch.softmax(model.head(z)[0], 0)
+
+
 def _labelled_features(model: Any, cache: PatchCache, masks: list, seed: int, cancel: CancelToken
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Filter-bank features (N, F) and labels (N,) of the labelled pixels of every tile (at most
@@ -71,7 +85,7 @@ def _labelled_features(model: Any, cache: PatchCache, masks: list, seed: int, ca
             labelled = masks[t_index].reshape(-1) != UNLABELLED
             if not labelled.any():
                 continue
-            f = model.bank(torch.from_numpy(cache.input(t_index))[None])[0]
+            f = _bank(model, cache.input(t_index))
             xs.append(f.reshape(f.shape[0], -1)[:, torch.from_numpy(labelled)].T.contiguous())
             ys.append(torch.from_numpy(masks[t_index].reshape(-1)[labelled].astype(np.int64)))
     x, y = torch.cat(xs), torch.cat(ys)
@@ -164,8 +178,8 @@ def fit_features(cache: PatchCache, shapes_per_image: list, classes: list[str], 
             cancel.check()
             held = held_masks[t_index]
             if (held != UNLABELLED).any():
-                logits = model(torch.from_numpy(cache.input(t_index))[None])[0]
-                probabilities = torch.softmax(logits, 0)
+                probabilities = _probabilities(model, cache.input(t_index))
+                logits = torch.log(probabilities.clamp_min(1e-12))
                 val_tiles.append(t_index)
                 pred = probabilities.argmax(0).numpy()
                 objects.held_out_confusions(pred, held, val_class, n_classes, per_object)
@@ -188,7 +202,7 @@ def fit_features(cache: PatchCache, shapes_per_image: list, classes: list[str], 
     with torch.inference_mode():
         for t_index in range(len(cache)):
             cancel.check()
-            expected.update(torch.softmax(model(torch.from_numpy(cache.input(t_index))[None])[0], 0).numpy())
+            expected.update(_probabilities(model, cache.input(t_index)).numpy())
     expected_iou, expected_per = expected.iou(scored)
     weights = final_weights
     estimate = min(held_iou, expected_iou) if not np.isnan(held_iou) else expected_iou
@@ -199,8 +213,9 @@ def fit_features(cache: PatchCache, shapes_per_image: list, classes: list[str], 
         predict = random_forest_baseline([cache.input(i) for i in range(len(cache))], train_masks, cfg.seed)
         base_objects = np.zeros_like(per_object)
         for t_index in val_tiles:
-            objects.held_out_confusions(predict(cache.input(t_index)), held_masks[t_index], val_class, n_classes,
-                                        base_objects)
+            held = held_masks[t_index]
+            objects.held_out_confusions(predict(cache.input(t_index), held != UNLABELLED), held, val_class,
+                                        n_classes, base_objects)
         base_iou, base_per = objects.miou(base_objects.sum(0), scored)
         base_lo, base_hi = objects.bootstrap_ci(base_objects, scored, seed=cfg.seed)
         baseline = {"name": "random forest (QuPath's pixel classifier: 50 trees on Gaussian, gradient, LoG, Hessian "
@@ -258,7 +273,7 @@ def pseudo_label_masks(cache: PatchCache, train_tiles: list[int], n_classes: int
     with torch.inference_mode():
         for i in train_tiles:
             cancel.check()
-            p = torch.softmax(model(torch.from_numpy(cache.input(i))[None])[0], 0)
+            p = _probabilities(model, cache.input(i))
             best, call = p.max(0)
             add = (out[i] == UNLABELLED) & (best.numpy() >= PSEUDO_LABEL_CONFIDENCE)
             out[i][add] = call.numpy()[add]
