@@ -227,7 +227,7 @@ def test_lock_of_a_live_process_is_kept_and_a_dead_ones_taken_over(tmp_path: Pat
     assert is_stale(path, json.loads(path.read_text()))
 
 
-def test_a_task_held_by_a_live_run_is_left_to_it(project: Path):
+def test_a_task_held_by_a_live_run_is_left_to_it(project: Path, capsys):
     from dlpixel.batch.plan import task_id
 
     tasks = _run_dir(project) / "tasks"
@@ -235,9 +235,12 @@ def test_a_task_held_by_a_live_run_is_left_to_it(project: Path):
     other_run = TaskLock(tasks / f"{task_id(NAMES[3])}.lock")  # a live process (this one) is computing it
     assert other_run.acquire()
     try:
-        assert _batch(project, "--workers", "1") == 1
+        assert _batch(project, "--workers", "1", "--events", "jsonl") == 1
     finally:
         other_run.release()
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    slides = [(e["done"], e["total"]) for e in events if e["event"] == "slides"]
+    assert slides == [(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]  # the bar over slides
     report = json.loads((_run_dir(project) / "run.json").read_text())
     held = [r for r in report["slides"] if r["status"] == "locked"]
     assert [r["image"] for r in held] == [NAMES[3]] and f"pid {os.getpid()}" in held[0]["error"]

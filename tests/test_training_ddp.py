@@ -65,3 +65,13 @@ def test_two_processes_train_and_rank_0_alone_saves(synthetic_project):
     history = json.loads((folder / "classifiers" / "dl" / "ddp" / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2]
     assert run.stdout.count("classifier 'ddp' saved") == 1
+
+
+def test_gpus_refuses_a_method_that_trains_in_one_process(synthetic_project, capsys):
+    from dlpixel.cli.main import main
+
+    folder, _, _ = synthetic_project
+    assert main(["train", "--gpus", "2", "--project", str(folder), "--name", "f", "--set", "method=features"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "method 'features'" in err
+    assert not (folder / "classifiers").exists()

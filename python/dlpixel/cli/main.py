@@ -43,11 +43,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if not args.project:
         raise ConfigError("--project is required")
+    cfg, default_name = training_settings(args)
     if (args.gpus or 1) > 1 and "WORLD_SIZE" not in os.environ:
         from ..training.distributed import launch, without_gpus_flag
 
+        if cfg.method != "unet":
+            raise ConfigError(f"--gpus trains a U-Net on several GPUs; method '{cfg.method}' trains in one process: "
+                              "leave --gpus out")
         return launch(args.gpus, without_gpus_flag(args.argv))
-    cfg, default_name = training_settings(args)
     name = args.name or default_name
     if not name:
         raise ConfigError("--name is required (letters, digits, '_' and '-')")
