@@ -113,14 +113,16 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def one_line_error(code: int, err: str, *needles: str) -> str:
-    """Assert a failure (non-zero) reported on exactly one stderr line starting with ``error:``, naming ``needles``."""
+    """Assert a failure (non-zero) reported on exactly one stderr line starting with ``error:`` (the last one),
+    naming ``needles``."""
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
     assert code != 0, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert len(errors) == 1 and lines[-1] == errors[0], err  # warnings on the way may come before it
     assert "Traceback" not in err
     for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
+        assert needle in errors[0], errors[0]
+    return errors[0]
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -135,7 +137,7 @@ def start_paused(argv: list[str], stage: str, marker: Path, timeout: float = 180
     """Start ``dlpixel argv`` in a child process that stops at pause point ``stage`` (see runtime.events.pause_point)
     and return once it is there: the test then kills, interrupts or changes things at exactly that point, and deletes
     ``marker`` to let it go on."""
-    proc = subprocess.Popen([sys.executable, "-m", "dlpixel.cli.main", *argv], cwd=REPO, text=True,
+    proc = subprocess.Popen([sys.executable, "-m", "dlpixel", *argv], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=child_env(DLPIXEL_PAUSE_AT=stage, DLPIXEL_PAUSE_FILE=str(marker)))
     deadline = time.monotonic() + timeout
@@ -151,7 +153,7 @@ def start_paused(argv: list[str], stage: str, marker: Path, timeout: float = 180
 
 
 def run_child(argv: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dlpixel.cli.main", *argv], cwd=REPO, text=True,
+    return subprocess.run([sys.executable, "-m", "dlpixel", *argv], cwd=REPO, text=True,
                           capture_output=True, env=child_env(), timeout=timeout)
 
 

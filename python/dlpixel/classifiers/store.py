@@ -174,6 +174,7 @@ def name_lock(project_root: Path, name: str) -> Iterator[None]:
 
 # --- temporaries of interrupted runs ---------------------------------------------------------------------------
 
+_LOCK = re.compile(r"\A\.(?P<name>[A-Za-z0-9_-]+)\.lock\Z")
 _TEMP = re.compile(r"\A\.(?P<name>[A-Za-z0-9_-]+)\.(?:\d+\.)?[^.]+\.(?P<kind>partial|old|trash)\Z")
 
 
@@ -195,6 +196,8 @@ def recover(project_root: Path) -> list[str]:
             m = _TEMP.match(entry.name)
             if m:
                 by_name.setdefault(m["name"], []).append(entry)
+            elif (lock := _LOCK.match(entry.name)) is not None:
+                by_name.setdefault(lock["name"], [])  # a killed run's lock file: removed once it can be taken
     except OSError:
         return []
     done: list[str] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def honour_umask(path: Path | str, directory: bool = False) -> None:
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step, on failure it is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.pid{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     honour_umask(tmp_name)
     tmp = Path(tmp_name)
@@ -93,3 +94,46 @@ def make_dirs_under(root: Path, folder: Path) -> Path:
         except OSError as err:
             raise DataError(f"cannot create {folder} ({err.strerror or err}); make the project writable") from None
     return Path(folder)
+
+
+PROCESS_STARTED = time.time()
+
+
+def remove_stale_temporaries(folder: Path, grace_s: float = 5.0) -> list[Path]:
+    """Remove the hidden temporaries (``.<name>.pid<N>.*.tmp``: unfinished result files and map spools) that a
+    killed run left in ``folder``: those whose process is gone (and, without a PID in the name, those last written
+    before this process started)."""
+    import re
+
+    removed = []
+    try:
+        entries = list(Path(folder).glob(".*.tmp"))
+    except OSError:
+        return removed
+    for p in entries:
+        owner = re.search(r"\.pid(\d+)\.", p.name)
+        try:
+            if not p.is_file() or p.is_symlink():
+                continue
+            if owner is not None:
+                if not _dead(int(owner[1])):
+                    continue
+            elif p.stat().st_mtime >= PROCESS_STARTED - grace_s:
+                continue
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            continue
+    return removed
+
+
+def _dead(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False

@@ -147,7 +147,8 @@ class ClassMapWriter:
         self._levels = [_Level(height // f, width // f, channels, tile) for f in self.factors]
         self._reduce = reduce_mode if kind == "classes" else reduce_mean
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tiles.tmp", dir=self.path.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.pid{os.getpid()}.", suffix=".tiles.tmp",
+                                    dir=self.path.parent)
         self._spool_path = Path(name)
         self._spool: BinaryIO | None = os.fdopen(fd, "w+b")
         self._spool_size = 0

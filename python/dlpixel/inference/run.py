@@ -73,11 +73,12 @@ def check_output_folder(folder: Path, root: Path | None = None) -> None:
     not be a symbolic link, and the project folder itself is never created."""
     import tempfile
 
-    from ..data._io import make_dirs_under
+    from ..data._io import make_dirs_under, remove_stale_temporaries
 
     try:
         if root is not None:
             make_dirs_under(Path(root), folder)
+            remove_stale_temporaries(folder)
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
@@ -284,6 +285,7 @@ def _predict_plane(
         path = project.root / "results" / classifier / f"{map_stem(image.name)}.{suffix}.ome.tif"
         preview = path.with_name(path.name.replace(".ome.tif", ".png"))
         overlay = path.with_name(f"{map_stem(image.name)}.overlay.png") if cfg.output == "overlay" else None
+        _check_project(project)  # the writer creates its folder: never the project's, should it have gone
         sink = ClassMapWriter(
             path, grid.width, grid.height, 1 if classes else len(class_names),
             pixel_size_um=pixel_size * ds if pixel_size else None,

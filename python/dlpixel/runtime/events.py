@@ -60,13 +60,17 @@ PAUSE_ENV = "DLPIXEL_PAUSE_AT"
 can kill or interrupt it at exactly that point."""
 
 
+_PAUSED: set[str] = set()
+
+
 def pause_point(name: str) -> None:
     """Wait here while ``$DLPIXEL_PAUSE_AT`` names this point and ``$DLPIXEL_PAUSE_FILE`` exists (tests only)."""
-    if os.environ.get(PAUSE_ENV) != name:
+    if os.environ.get(PAUSE_ENV) != name or name in _PAUSED:
         return
     marker = os.environ.get("DLPIXEL_PAUSE_FILE")
     if not marker:
         return
+    _PAUSED.add(name)  # once per process: the first time the point is reached
     with open(marker, "w") as f:
         f.write(str(os.getpid()))
     while os.path.exists(marker):

@@ -353,8 +353,9 @@ def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: Trai
         try:
             torch.save(result.model.state_dict(), tmp / store.WEIGHTS)
         except RuntimeError as err:  # torch reports a failed write (a full disk) as a RuntimeError
-            raise OSError(errno.ENOSPC if "pos" in str(err) or "write" in str(err) else errno.EIO,
-                          f"writing {store.WEIGHTS} failed ({str(err).splitlines()[0][:120]})") from None
+            full = "unexpected pos" in str(err) or "write" in str(err)
+            raise OSError(errno.ENOSPC, f"No space left on device (writing {store.WEIGHTS})") if full else OSError(
+                errno.EIO, f"writing {store.WEIGHTS} failed ({str(err).splitlines()[0][:120]})") from None
         export_onnx(result.model, tmp / store.ONNX, pre.n_inputs, n_classes)
         store.write_json(tmp / store.HISTORY, result.history)
         meta.write(tmp / store.METADATA)
