@@ -250,3 +250,14 @@ def test_a_task_held_by_a_live_run_is_left_to_it(project: Path, capsys):
     assert {r["image"]: r["status"] for r in report["slides"]}[NAMES[3]] == "done"
     assert report["totals"] == {"done": 1, "skipped": 3, "failed": 0, "locked": 0}
     assert _areas(project) == _truth()
+
+
+def test_bad_requests_are_one_line_errors_before_any_work(project: Path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # Ray not installed
+    assert _batch(project, "--engine", "ray") == 2
+    assert _batch(project, "--workers", "0") == 2
+    assert _batch(project, "--scope", "selected") == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 3 and "pip install 'dlpixel[ray]'" in errors[0] and "--workers" in errors[1]
+    assert "selected" in errors[2]
+    assert not (project / "results").exists() and not (_run_dir(project) / "tasks").exists()

@@ -29,6 +29,15 @@ def gpu_count(device: str) -> int:
     return n
 
 
+def check_ray() -> Any:
+    """The ``ray`` module; a one-line error when it is not installed."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--engine ray needs Ray: pip install 'dlpixel[ray]'") from None
+    return ray
+
+
 def _failed(payload: dict[str, Any], error: str) -> dict[str, Any]:
     task = payload["task"]
     return {"id": task["id"], "image": task["image"], "status": "failed", "seconds": 0.0, "tiles": 0,
@@ -76,10 +85,7 @@ def run_ray(payloads: Sequence[dict[str, Any]], on_result: OnResult, workers: in
     """One Ray task per image. Without ``address`` a local Ray with ``workers`` CPUs (and the GPUs here) is started
     and stopped; with one, the run joins that cluster and uses what it offers. A task asks for one GPU when the
     run uses GPUs (on a cluster: when ``device`` allows it and the cluster has GPUs), else one CPU."""
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError("--engine ray needs Ray: pip install 'dlpixel[ray]'") from None
+    ray = check_ray()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     started = not ray.is_initialized()
     if started:

@@ -48,12 +48,14 @@ def run_batch(
     """Apply ``classifier`` to the project's images, one task per image, resumably; returns the run's report
     (the content of ``run.json``; ``{"nothing_to_do": True, ...}`` when every task was done and merged).
     ``cancel`` (the first Ctrl-C) stops handing out tasks; the report lists those not run."""
-    from .engines import gpu_count, run_local, run_ray
+    from .engines import check_ray, gpu_count, run_local, run_ray
 
     if engine not in ENGINES:
         raise ConfigError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be 1 or more (got {workers})")
+    if engine == "ray":
+        check_ray()
     emit = Emitter(listeners)
     plan = make_plan(project, classifier, cfg, list(image_names or []) or None, run_dir, full_hash)
     tasks_dir = plan.run_dir / "tasks"
