@@ -48,13 +48,20 @@ def _failed(payload: dict[str, Any], error: str) -> dict[str, Any]:
 def run_local(payloads: Sequence[dict[str, Any]], on_result: OnResult, workers: int, gpus: int,
               cancel: CancelToken | None = None) -> None:
     """``workers`` processes (spawned, so CUDA and threads start clean); with GPUs, each process owns one
-    (``CUDA_VISIBLE_DEVICES``), and ``workers`` defaults to their count. CPU threads are shared out evenly."""
+    (``CUDA_VISIBLE_DEVICES``), and ``workers`` defaults to their count. CPU threads are shared out evenly. One
+    worker runs the tasks in this process."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
     if gpus and workers > gpus:
         raise ConfigError(f"--workers {workers} is more than the {gpus} GPU(s) here: one worker per GPU")
+    if workers == 1:  # one worker: the tasks run in this process, without starting another Python
+        for p in payloads:
+            if cancel is not None and cancel.cancelled:
+                break
+            on_result(run_task(p))
+        return
     ctx = mp.get_context("spawn")
     devices = None
     if gpus:

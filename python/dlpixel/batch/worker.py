@@ -167,7 +167,9 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
         row.update(_memory())
         write_json(state_path, {"status": "done", "key": task["key"], "image": task["image"], "finished":
                                 _now(), "outputs": outputs, "merged": None})
-    except BaseException as err:  # every failure becomes the task's one-line error
+    except KeyboardInterrupt:  # stopped at once (a second Ctrl-C): not the slide's failure, no state
+        raise
+    except BaseException as err:  # noqa: BLE001 - every failure becomes the task's one-line error
         row.update(status="failed", error=one_line(err), seconds=round(time.perf_counter() - t0, 3))
         row.update(_memory())
         try:
@@ -175,8 +177,6 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
                                     "finished": _now(), "error": row["error"]})
         except OSError:
             pass
-        if isinstance(err, KeyboardInterrupt):
-            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         lock.release()
