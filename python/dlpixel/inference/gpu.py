@@ -46,6 +46,9 @@ class TorchNormalizer:
                           _channel_vector(pre.input_std, n_channels, device))
 
     def __call__(self, raw: torch.Tensor) -> torch.Tensor:
+        if raw.dtype == torch.uint16:
+            # Widened through int32 (exact): CUDA kernels for the unsigned 16-bit type are few.
+            raw = raw.view(torch.int16).to(torch.int32).bitwise_and_(0xFFFF)
         out = raw.to(torch.float32)
         out = out - self.offset if out is raw else out.sub_(self.offset)
         out.mul_(self.inverse)
