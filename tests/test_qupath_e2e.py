@@ -102,7 +102,7 @@ def test_train_apply_write_back_and_rerun(project, capsys):
     mixed = ["train", "--project", str(p["qpproj"]), "--qupath", str(p["qupath"]), "--name", "both", "--quiet"]
     assert _run(*mixed, *[a for s in FAST for a in ("--set", s)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "'multi.tif' has channels" in err and "select channels by name" in err
+    assert "\n" not in err and "'multi.tif' has channels" in err and "name the channels to train" in err
     assert not (p["root"] / "classifiers" / "dl" / "both").exists()
 
     # One classifier per kind of image, as a user with two channel sets would do.
