@@ -107,7 +107,8 @@ class _ZarrLevel:
         if not channel_axes:
             channel_axes = [i for i, a in enumerate(axes) if a not in "YXZT"][:1]
         self._fixed = {i for i, a in enumerate(axes) if a not in "YX" and i not in channel_axes}
-        extra = [f"{axes[i]}={array.shape[i]}" for i in sorted(self._fixed) if axes[i] not in "ZT" and array.shape[i] > 1]
+        extra = [f"{axes[i]}={array.shape[i]}" for i in sorted(self._fixed)
+                 if axes[i] not in "ZT" and array.shape[i] > 1]
         if extra:
             raise DataError(f"{path}: {len(axes)}-D image (axes {axes!r}, {', '.join(extra)} beside Y, X and channels);"
                             " save each plane as its own 2-D (multichannel) image")

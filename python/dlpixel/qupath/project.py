@@ -255,20 +255,24 @@ class QuPathImage:
 
     def _read_data(self, read: Any, what: str) -> Any:
         """``read()``; when data.qpdata cannot be read (a save that was killed leaves it short), restore it from its
-        newest backup (logged) and read again, else name the file and its backups in a one-line error."""
-        from .writeback import restore_from_backup
+        newest backup (logged) and read again, else name the file and its backups in a one-line error. A short file
+        is recognised before QuPath sees it: QuPath's reader loops for ever on one."""
+        from .writeback import looks_complete, restore_from_backup
 
-        try:
-            return read()
-        except jpype.JException as e:
-            first = e
         data = self.data_file
-        if data is None or not data.is_file():
-            raise DataError(f"cannot read {what} {self.name!r} of {self.project.path}: {java_error(first)}") from first
+        if data is None or not data.is_file() or looks_complete(data):
+            try:
+                return read()
+            except jpype.JException as e:
+                if data is None or not data.is_file():
+                    raise DataError(f"cannot read {what} {self.name!r} of {self.project.path}: {java_error(e)}") from e
+                reason = java_error(e)
+        else:
+            reason = "it is cut short: a save was interrupted"
         used = restore_from_backup(data, self.name)
         if used is None:
-            raise DataError(f"cannot read {what} {self.name!r}: {data} is unreadable ({java_error(first)}) and has no "
-                            "backup; restore it from your own backup or delete it to start the image afresh")
+            raise DataError(f"cannot read {what} {self.name!r}: {data} is unreadable ({reason}) and has no backup; "
+                            "restore it from your own backup or delete it to start the image afresh")
         try:
             return read()
         except jpype.JException as e:

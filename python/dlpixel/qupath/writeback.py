@@ -180,11 +180,30 @@ def prune_backups(data: Path, keep: int = BACKUPS_KEPT) -> None:
         stale.unlink(missing_ok=True)
 
 
+_HEAD = b"\xac\xed\x00\x05"
+_TAIL = b"t\x00\x03EOF"
+
+
+def looks_complete(path: Path) -> bool:
+    """Whether a data.qpdata (or a backup) is whole: QuPath writes a Java object stream (magic ``AC ED 00 05``)
+    that ends with the string "EOF"; a save that was killed leaves it without that end."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_HEAD))
+            f.seek(0, os.SEEK_END)
+            if f.tell() < len(_HEAD) + len(_TAIL):
+                return False
+            f.seek(-len(_TAIL), os.SEEK_END)
+            return head == _HEAD and f.read() == _TAIL
+    except OSError:
+        return False
+
+
 def restore_from_backup(data: Path, image_name: str) -> Path | None:
-    """Replace an unreadable data.qpdata (a save that was killed leaves it short) with its newest backup; the bad
-    file is kept beside it as ``data.qpdata.<time>.unreadable``. Returns the backup used, or None when there is
+    """Replace an unreadable data.qpdata (a save that was killed leaves it short) with its newest whole backup; the
+    bad file is kept beside it as ``data.qpdata.<time>.unreadable``. Returns the backup used, or None when there is
     none."""
-    candidates = [b for b in reversed(backups_of(data)) if b.stat().st_size > 0]
+    candidates = [b for b in reversed(backups_of(data)) if looks_complete(b)]
     if not candidates:
         return None
     source = candidates[0]
