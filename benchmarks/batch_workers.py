@@ -51,8 +51,11 @@ def main() -> None:
             report = run_batch(project, "bench", cfg, workers=workers, run_dir=Path(tmp) / f"run{workers}")
             times[workers] = time.perf_counter() - t0
             assert report["totals"]["done"] == args.images, report["totals"]
+            busy = sum(r["seconds"] for r in report["slides"])
             print(f"{workers} worker(s): {times[workers]:.1f} s for {args.images} images of {args.size} px "
-                  f"({report['tiles']} tiles, {report['tiles'] / times[workers]:.1f} tiles/s)")
+                  f"({report['tiles']} tiles, {report['tiles'] / times[workers]:.1f} tiles/s); the slides took "
+                  f"{busy:.1f} s of worker time, so {times[workers] - busy / workers:.1f} s went to starting the "
+                  "workers and waiting on the slowest")
     print(f"speed-up 2 vs 1 worker(s): {times[1] / times[2]:.2f}x on {os.cpu_count()} CPU core(s)")
 
 
