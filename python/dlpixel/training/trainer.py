@@ -218,6 +218,7 @@ def fit(
     start = time.perf_counter()
     emit("stage", stage="training", message=f"training on {device.type} ({len(train_ds)} tiles, "
          f"{len(val_ds)} for validation)", device=device.type, precision=precision_name(amp))
+    cancel.check()  # cancelled before any epoch: nothing to keep
     try:
         for epoch in range(1, cfg.epochs + 1):
             set_train_mode(model, frozen_blocks)
