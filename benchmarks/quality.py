@@ -178,13 +178,16 @@ def run(methods: list[str], seeds: list[int], epochs: int, images: list[str] | N
                 write_project(Path(tmp), image, strokes)
                 for method in methods:
                     settings = {"method": method.split("_")[0], "line_stroke_width": STROKE_PX, "seed": seed}
+                    if method == "features_plain":
+                        settings["prior_correction"] = False
                     if method.startswith("unet"):
                         settings.update({"backbone": "efficientnet-lite0", "tile_size": 256, "epochs": epochs,
                                          "pseudo_labels": method == "unet_pseudo"})
                     start = time.perf_counter()
                     entry = dlpixel.train(tmp, f"q_{method}", settings, overwrite=True)
                     seconds = time.perf_counter() - start
-                    written = dlpixel.apply(tmp, f"q_{method}", {"output": "map", "scope": "image"})
+                    refine = {"refine": "none"} if method in ("features_plain", "features_prior") else {}
+                    written = dlpixel.apply(tmp, f"q_{method}", {"output": "map", "scope": "image", **refine})
                     pred = tifffile.imread(next(p for p in written if str(p).endswith((".tif", ".tiff"))))
                     pred = pred[0] if pred.ndim == 3 else pred
                     true = ious(pred, fg)
@@ -208,8 +211,11 @@ def run(methods: list[str], seeds: list[int], epochs: int, images: list[str] | N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=["features"], choices=["features", "unet", "unet_pseudo"],
-                        help="unet: lite0 on 256 px tiles; unet_pseudo: the same with pseudo_labels on")
+    parser.add_argument("--methods", nargs="+", default=["features"],
+                        choices=["features", "features_prior", "features_plain", "unet", "unet_pseudo"],
+                        help="features: the defaults (prior correction, watershed refinement); features_prior: "
+                        "refine none; features_plain: prior_correction off and refine none; unet: lite0 on 256 px "
+                        "tiles; unet_pseudo: the same with pseudo_labels on")
     parser.add_argument("--images", nargs="+", choices=["nuclei_fluo", "bacteria_phase"], help="default: both")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=30, help="U-Net epochs")

@@ -133,6 +133,11 @@ def check_request(meta: ClassifierMetadata, cfg: InferenceConfig, images: Sequen
                                 "of them at a time (--image)")
 
 
+def refines(meta: ClassifierMetadata, cfg: InferenceConfig) -> bool:
+    """Whether the strips are refined by ``refine.watershed_strips`` (``auto``: features classifiers)."""
+    return cfg.refine == "watershed" or (cfg.refine == "auto" and meta.architecture == "features")
+
+
 def apply_classifier(
     project: Project,
     classifier: str,
@@ -294,8 +299,13 @@ def _predict_plane(
             colors=[tuple(c.color) for c in meta.classes], preview=preview, class_names=class_names,
             overlay=overlay, region=(0.0, 0.0, grid.width * ds, grid.height * ds), plane=plane,
         )
+    strips: Iterable[Any] = predictor.strips(source, stats, window, tile_filter, label=image.name)
+    if refines(meta, cfg):
+        from .refine import watershed_strips
+
+        strips = watershed_strips(strips, source, predictor.meta.preprocessing, stats, ds, grid.height)
     try:
-        for strip in predictor.strips(source, stats, window, tile_filter, label=image.name):
+        for strip in strips:
             if cfg.output == "probabilities":
                 data = np.rint(strip.probabilities * 255).astype(np.uint8)
                 data[~strip.computed] = 0

@@ -27,7 +27,7 @@ TRAINING_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Data: tiles sampled over the annotations", (
         "tile_size", "downsample", "context_scale", "tile_overlap", "line_stroke_width", "validation_split",
     )),
-    ("Architecture", ("architecture", "method", "backbone", "pseudo_labels")),
+    ("Architecture", ("architecture", "method", "backbone", "pseudo_labels", "prior_correction")),
     ("Training parameters", ("epochs", "batch_size", "learning_rate", "weight_decay")),
     ("Training strategy", ("scheduler", "loss", "early_stop_metric", "early_stop_patience", "precision")),
     ("Transfer learning", ("pretrained", "freeze")),
@@ -39,7 +39,7 @@ TRAINING_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
 """Where each training setting is shown, following the training dialog's sections."""
 
 INFERENCE_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Output and scope", ("output", "scope")),
+    ("Output and scope", ("output", "scope", "refine")),
     ("Objects (output 'objects')", ("object_type", "min_object_area", "min_hole_area", "simplify")),
     ("Tiling (null: the classifier's own value)", ("tile_size", "overlap")),
     ("Hardware", ("batch_size", "device", "backend", "precision", "reader_threads")),

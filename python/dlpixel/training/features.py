@@ -2,8 +2,9 @@
 
 Steps: hold out whole annotation objects (``training.objects``); compute the filter bank of every cached tile;
 standardise the features of the training pixels and fit the linear head (class-weighted cross-entropy, AdamW,
-full batch); score the held-out objects (confusion per object, bootstrap interval over objects); compute the
-label-free expected IoU and the fraction of each class over every cached tile; fit the random-forest baseline
+full batch); shift its output bias so that it predicts the class prior of the annotated images rather than the
+one its weighted loss implies (``correct_prior``, EM over the unlabelled pixels); score the held-out objects
+(confusion per object, bootstrap interval over objects); compute the label-free expected IoU and the fraction of each class over every cached tile; fit the random-forest baseline
 on the same training objects and score it on the same held-out objects. Seconds on a CPU for a megapixel.
 """
 
@@ -118,6 +119,63 @@ def _fit_head(model: Any, x: torch.Tensor, y: torch.Tensor, weights: np.ndarray)
     return float(loss.detach())
 
 
+PRIOR_SAMPLE_PIXELS = 1_000_000
+"""At most this many pixels of the cached tiles (evenly spaced) estimate the images' class prior."""
+PRIOR_ITERATIONS = 100
+PRIOR_TOLERANCE = 1e-6
+PRIOR_FLOOR = 1e-4
+"""Smallest class prior kept (a class the images seem to lack still gets a finite bias)."""
+
+
+def training_prior(counts: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The class prior the class-weighted loss trains the head for: labelled pixels × class weight, normalised."""
+    p = np.asarray(counts, np.float64) * np.asarray(weights, np.float64)
+    return p / p.sum()
+
+
+def estimate_prior(probabilities: np.ndarray, prior_train: np.ndarray) -> np.ndarray:
+    """The class prior of unlabelled pixels from the head's posteriors (K, N) by EM (Saerens, Latinne & Decaestecker
+    2002): q ∝ p · π / π_train, π ← mean of q, until π moves less than ``PRIOR_TOLERANCE``."""
+    p = np.asarray(probabilities, np.float64)
+    ratio_base = 1.0 / np.asarray(prior_train, np.float64)
+    pi = np.asarray(prior_train, np.float64).copy()
+    for _ in range(PRIOR_ITERATIONS):
+        q = p * (pi * ratio_base)[:, None]
+        q /= q.sum(0, keepdims=True)
+        new = q.mean(1)
+        done = np.abs(new - pi).max() < PRIOR_TOLERANCE
+        pi = new
+        if done:
+            break
+    pi = np.maximum(pi, PRIOR_FLOOR)
+    return pi / pi.sum()
+
+
+def correct_prior(model: Any, cache: PatchCache, counts: np.ndarray, weights: np.ndarray, cancel: CancelToken
+                  ) -> dict[str, list[float]]:
+    """Shift the head's output bias by log(π / π_train): π estimated by ``estimate_prior`` over at most
+    ``PRIOR_SAMPLE_PIXELS`` pixels of the cached tiles (the annotated images), π_train by ``training_prior``. The
+    softmax of the shifted logits is the EM-corrected posterior, so the saved model (and its ONNX export) gives it
+    directly. Returns the two priors and the bias added."""
+    prior_train = training_prior(counts, weights)
+    total = sum(int(np.prod(cache.input(i).shape[1:])) for i in range(len(cache)))
+    step = max(1, -(-total // PRIOR_SAMPLE_PIXELS))
+    sample, offset = [], 0
+    with torch.inference_mode():
+        for t_index in range(len(cache)):
+            cancel.check()
+            p = _probabilities(model, cache.input(t_index)).numpy()
+            flat = p.reshape(p.shape[0], -1)
+            sample.append(flat[:, (-offset) % step::step])
+            offset += flat.shape[1]
+    pi = estimate_prior(np.concatenate(sample, 1), prior_train)
+    bias = np.log(pi / prior_train)
+    with torch.no_grad():
+        model.head.bias += torch.as_tensor(bias, dtype=model.head.bias.dtype)
+    return {"training_prior": [float(v) for v in prior_train], "image_prior": [float(v) for v in pi],
+            "bias": [float(v) for v in bias], "pixels": int(sum(s.shape[1] for s in sample))}
+
+
 def _rounded(value: float | None) -> float | None:
     return None if value is None or np.isnan(value) else round(float(value), 4)
 
@@ -169,6 +227,8 @@ def fit_features(cache: PatchCache, shapes_per_image: list, classes: list[str], 
     _fit_head(model, *features, weights)
     del features
     cancel.check()
+    if cfg.prior_correction:
+        correct_prior(model, cache, train_counts, weights, cancel)
 
     emit("stage", stage="validating", message="scoring held-out annotations and the random-forest baseline")
     per_object = np.zeros((len(val_objects), n_classes, n_classes), np.int64)
@@ -198,6 +258,7 @@ def fit_features(cache: PatchCache, shapes_per_image: list, classes: list[str], 
     final_weights = class_weights_from_counts(all_counts.tolist(), [cfg.class_weights.get(c, 1.0) for c in classes])
     train_loss = _fit_head(model, *_labelled_features(model, cache, list(cache.masks), cfg.seed, cancel),
                            final_weights)
+    prior = correct_prior(model, cache, all_counts, final_weights, cancel) if cfg.prior_correction else None
     expected = objects.ExpectedIoU(n_classes)
     with torch.inference_mode():
         for t_index in range(len(cache)):
@@ -236,6 +297,10 @@ def fit_features(cache: PatchCache, shapes_per_image: list, classes: list[str], 
         "scored_classes": [classes[k] for k in scored],
         "baseline": baseline,
     }
+    if prior is not None:
+        validation["prior_correction"] = {key: dict(zip(classes, (round(v, 6) for v in prior[key])))
+                                          for key in ("training_prior", "image_prior", "bias")}
+        validation["prior_correction"]["pixels"] = prior["pixels"]
     seconds = time.perf_counter() - start
     history = [{"epoch": 1, "train_loss": train_loss, "val_loss": val_loss_sum / max(val_pixels, 1),
                 "mean_iou": estimate, "per_class_iou": per_class,
