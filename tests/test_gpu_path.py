@@ -231,3 +231,14 @@ def test_a_non_finite_loss_stops_training_with_one_line_naming_the_batch():
     with pytest.raises(TrainingError, match=r"the loss became nan at epoch 1, batch 1;") as err:
         fit(model, cache, [0, 1, 2, 3], [4, 5], 3, cfg, np.ones(3, np.float32))
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_torch_normalisation_with_a_backbones_input_mean_and_std_equals_numpy(dtype):
+    raw = _pixels(dtype, np.random.default_rng(3))
+    pre = Preprocessing(channels=[0, 1, 2], channel_names=["a", "b", "c"], normalization=NormalizationConfig(),
+                        input_mean=[0.485, 0.456, 0.406], input_std=[0.229, 0.224, 0.225])
+    stats = ChannelStats(offset=[3.0, 4.0, 5.0], scale=[200.0, 180.0, 90.0])
+    want = normalize(raw, pre, stats)
+    got = normalize_torch(torch.from_numpy(raw)[None].permute(0, 3, 1, 2), pre, stats)
+    assert np.array_equal(got[0].permute(1, 2, 0).numpy(), want)
