@@ -158,9 +158,12 @@ def apply_classifier(
     for folder in dict.fromkeys(output_folder(project, im, classifier, cfg.output) for im in images):
         if folder is not None:
             check_output_folder(folder, project.root if folder.is_relative_to(project.root) else None)
-    backend = load_backend(entry.path, meta, cfg.backend, cfg.device)
-    emit("stage", stage="inference", message=f"applying '{classifier}' with {backend.name} on {backend.device}")
+    backend = load_backend(entry.path, meta, cfg.backend, cfg.device, cfg.precision)
+    precision = getattr(backend, "precision", "fp32")
+    emit("stage", stage="inference", message=f"applying '{classifier}' with {backend.name} on {backend.device} "
+         f"({precision})", backend=backend.name, device=backend.device, precision=precision)
     predictor = Predictor(backend, meta, cfg.tile_size, cfg.overlap, cfg.batch_size, cfg.reader_threads, emit, cancel)
+    predictor.keep_probabilities = cfg.output == "probabilities" or refines(meta, cfg)
     written: list[Path] = []
     for image in images:
         source = image.open()
@@ -171,7 +174,8 @@ def apply_classifier(
         if paths:
             emit.log(f"{image.name}: wrote {', '.join(str(p) for p in paths)}")
         written += paths
-    emit("done", message=f"applied '{classifier}': {len(written)} file(s) written", written=[str(p) for p in written])
+    emit("done", message=f"applied '{classifier}': {len(written)} file(s) written", written=[str(p) for p in written],
+         backend=backend.name, device=backend.device, precision=precision)
     return written
 
 
