@@ -46,6 +46,8 @@ def every_option_changed() -> TrainingConfig:
     return TrainingConfig(
         description="Tumour vs 'stroma' \\ \"quoted\"\n$notAVariable ${x} \u00b5m \U0001f52c",
         architecture="unet",
+        method="features",
+        pseudo_labels=True,
         backbone="efficientnet-lite0",
         pretrained=False,
         freeze=["stem", "block1"],
