@@ -19,7 +19,8 @@ import tifffile
 REPO = Path(__file__).resolve().parents[1]
 KIT_DIR = REPO / ".qupath"
 QUPATH_MODULES = tuple(m for m in ("tests/test_qupath_bridge.py", "tests/test_qupath_e2e.py",
-                                   "tests/test_qupath_groovy.py") if (REPO / m).is_file())
+                                   "tests/test_qupath_groovy.py", "tests/test_qupath_pixels.py",
+                                   "tests/test_reliability_qupath.py") if (REPO / m).is_file())
 """The test modules that need a QuPath JVM in their process."""
 
 
