@@ -6,7 +6,7 @@ import errno
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -103,6 +103,24 @@ def gather_training_data(
             src.close()
         raise
     return TrainingData(chosen, sources, shapes, classes, colors)
+
+
+def _shared_fields(name: str, cfg: TrainingConfig, data: TrainingData, pre: Preprocessing, names: list[str],
+                   emit: Emitter) -> dict[str, Any]:
+    """The metadata fields a U-Net and a features classifier fill alike."""
+    return dict(
+        name=name,
+        description=cfg.description,
+        input_channels=pre.channel_names * (2 if cfg.context_scale > 1 else 1),
+        classes=[ClassInfo(index=i, name=c, color=data.colors[c]) for i, c in enumerate(data.classes)],
+        tile_size=cfg.tile_size,
+        downsample=cfg.downsample,
+        context_scale=cfg.context_scale,
+        pixel_size_um=_pixel_size(data.sources, cfg.downsample, emit),
+        preprocessing=pre,
+        training=cfg,
+        images=names,
+    )
 
 
 def _pixel_size(sources: Sequence[ImageSource], downsample: float, emit: Emitter) -> float | None:
@@ -309,19 +327,9 @@ def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: Trai
         cancel = CancelToken()
 
     meta = ClassifierMetadata(
-        name=name,
-        description=cfg.description,
+        **_shared_fields(name, cfg, data, pre, names, emit),
         architecture="unet",
         backbone=cfg.backbone,
-        input_channels=pre.channel_names * (2 if cfg.context_scale > 1 else 1),
-        classes=[ClassInfo(index=i, name=c, color=data.colors[c]) for i, c in enumerate(data.classes)],
-        tile_size=cfg.tile_size,
-        downsample=cfg.downsample,
-        context_scale=cfg.context_scale,
-        pixel_size_um=_pixel_size(data.sources, cfg.downsample, emit),
-        preprocessing=pre,
-        training=cfg,
-        images=names,
         split={**split.record(), **({"baseline": baseline} if baseline else {})},
         labelled_pixels={"train": dict(zip(data.classes, map(int, train_counts))),
                          "val": dict(zip(data.classes, map(int, val_counts)))},
@@ -404,19 +412,9 @@ def _train_features_and_save(project: Project, name: str, cfg: TrainingConfig, d
              f"annotated images {validation['expected_mean_iou']}; random-forest baseline on the same split "
              f"{base.get('held_out_mean_iou')}")
     meta = ClassifierMetadata(
-        name=name,
-        description=cfg.description,
+        **_shared_fields(name, cfg, data, pre, names, emit),
         architecture="features",
         backbone=None,
-        input_channels=pre.channel_names * (2 if cfg.context_scale > 1 else 1),
-        classes=[ClassInfo(index=i, name=c, color=data.colors[c]) for i, c in enumerate(data.classes)],
-        tile_size=cfg.tile_size,
-        downsample=cfg.downsample,
-        context_scale=cfg.context_scale,
-        pixel_size_um=_pixel_size(data.sources, cfg.downsample, emit),
-        preprocessing=pre,
-        training=cfg,
-        images=names,
         split=validation,
         labelled_pixels={"train": dict(zip(data.classes, map(int, result.train_counts))),  # type: ignore[arg-type]
                          "val": dict(zip(data.classes, map(int, result.val_counts)))},  # type: ignore[arg-type]
