@@ -3,12 +3,14 @@
 #
 #   benchmarks/gpu.sh fetch          on a machine with pip and network, in the repository root: the wheels that a
 #                                    bare GPU machine lacks, into .whl/ (Python 3.12, x86-64; torch is not fetched)
+#   benchmarks/gpu.sh check [FILE]   the same steps on this machine's CPU at toy sizes (a 1024 px image, a few
+#                                    tiles), to find a broken step before device time is spent on it
 #   benchmarks/gpu.sh run [FILE]     on the GPU machine, in the repository root (with .whl/ copied beside it when
 #                                    its Python lacks the dependencies): installs what is missing into /tmp/site,
 #                                    then runs the steps below and writes the figures to FILE
 #                                    (default: $OUT/gpu_figures.txt if $OUT is set, else benchmarks/gpu_figures.txt)
 #
-# Steps of `run` (about 6-9 minutes on one H100/H200 with 16 cores; each step has its own time limit):
+# Steps of `run` (about 5-8 minutes on one H100/H200 with 16 cores; each step has its own time limit):
 #   1. the machine: GPU, driver, CPU cores, torch and CUDA versions
 #   2. an 8192 x 8192 RGB pyramidal OME-TIFF (zlib tiles of 256 px)
 #   3. dlpixel bench inference on it: apply end to end vs the model alone on device-resident tensors, bf16,
@@ -45,17 +47,21 @@ if [ "$cmd" = fetch ]; then
   du -sh .whl
   exit 0
 fi
-[ "$cmd" = run ] || { echo "usage: benchmarks/gpu.sh fetch | run [FILE]"; exit 2; }
+case $cmd in
+  run) DEV=cuda SIZE=8192 TRAIN=320 VAL=64 EPOCHS=3 REPEATS=2 BIG=512 SMALL=256 BBATCH=32 SBATCH=64 TBATCH=16 ;;
+  check) DEV=cpu SIZE=1024 TRAIN=8 VAL=4 EPOCHS=2 REPEATS=1 BIG=128 SMALL=64 BBATCH=4 SBATCH=8 TBATCH=4 ;;
+  *) echo "usage: benchmarks/gpu.sh fetch | check [FILE] | run [FILE]"; exit 2 ;;
+esac
 
 FIG=${2:-${OUT:-benchmarks}/gpu_figures.txt}
 mkdir -p "$(dirname "$FIG")"
 : > "$FIG"
 say() { echo "$*" | tee -a "$FIG"; }
-PY=python3
+PY=${PY:-python3}
 export HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 DLPIXEL_OFFLINE=1 PYTHONUNBUFFERED=1
 
 # Install what is missing (no network there: only the carried wheels), and dlpixel from this tree.
-if ls .whl/*.whl >/dev/null 2>&1; then
+if [ "$cmd" = run ] && ls .whl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || echo "wheel install failed" | tee -a "$FIG"
   export PYTHONPATH=/tmp/site:$PWD/python
@@ -69,48 +75,56 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 say "cpu cores: $(nproc)"
 $PY - <<'EOF' 2>&1 | tee -a "$FIG"
 import torch, dlpixel
-print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cuda.get_device_name(0),
-      "bf16", torch.cuda.is_bf16_supported(), "dlpixel", dlpixel.__version__)
+print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+      "bf16", torch.cuda.is_available() and torch.cuda.is_bf16_supported(), "dlpixel", dlpixel.__version__)
 EOF
 
-IMG=/tmp/dlpixel-bench-8192.ome.tif
+IMG=/tmp/dlpixel-bench-$SIZE.ome.tif
 say "## image"
-timeout 300 $PY - "$IMG" <<'EOF' 2>&1 | tee -a "$FIG"
+timeout 200 $PY - "$IMG" "$SIZE" <<'EOF' 2>&1 | tee -a "$FIG"
 import sys, time
 from pathlib import Path
 from dlpixel.inference.bench import _bench_image
 t = time.perf_counter()
-_bench_image(Path(sys.argv[1]), 8192)
-print(f"8192 x 8192 pyramidal OME-TIFF written in {time.perf_counter() - t:.1f} s")
+_bench_image(Path(sys.argv[1]), int(sys.argv[2]))
+print(f"{sys.argv[2]} x {sys.argv[2]} pyramidal OME-TIFF written in {time.perf_counter() - t:.1f} s")
 EOF
 
 bench() {  # label, then dlpixel bench arguments
   local label=$1; shift
   say "### $label"
-  timeout 240 $PY -m dlpixel bench "$@" --json 2>&1 | grep -v Warning | tee -a "$FIG"
+  local t0=$SECONDS
+  timeout 120 $PY -m dlpixel bench "$@" --json 2>&1 | grep -v Warning | tee -a "$FIG"
+  say "(step took $((SECONDS - t0)) s)"
 }
-say "## apply end to end vs the model alone (bf16, device-resident inputs)"
+say "## apply end to end vs the model alone ($DEV, bf16, device-resident inputs)"
 for threads in 8 2; do
-  bench "U-Net resnet34 512 px, batch 32, $threads reader threads" inference --image "$IMG" --backbone resnet34 \
-    --tile-size 512 --batch-size 32 --device cuda --backend torch --precision bf16 --reader-threads $threads --repeats 2
-  bench "U-Net efficientnet-lite0 256 px, batch 64, $threads reader threads" inference --image "$IMG" \
-    --backbone efficientnet-lite0 --tile-size 256 --batch-size 64 --device cuda --backend torch --precision bf16 \
-    --reader-threads $threads --repeats 2
+  bench "U-Net resnet34 $BIG px, batch $BBATCH, $threads reader threads" inference --image "$IMG" --backbone resnet34 \
+    --tile-size $BIG --batch-size $BBATCH --device $DEV --backend torch --precision bf16 --reader-threads $threads \
+    --repeats $REPEATS
+  bench "U-Net efficientnet-lite0 $SMALL px, batch $SBATCH, $threads reader threads" inference --image "$IMG" \
+    --backbone efficientnet-lite0 --tile-size $SMALL --batch-size $SBATCH --device $DEV --backend torch \
+    --precision bf16 --reader-threads $threads --repeats $REPEATS
 done
-bench "resnet34 512 px, batch 32, fp32 (for the precision setting)" inference --image "$IMG" --backbone resnet34 \
-  --tile-size 512 --batch-size 32 --device cuda --backend torch --precision fp32 --reader-threads 8 --repeats 1
+bench "U-Net resnet34 $BIG px, batch $BBATCH, fp32 (the precision setting)" inference --image "$IMG" \
+  --backbone resnet34 --tile-size $BIG --batch-size $BBATCH --device $DEV --backend torch --precision fp32 \
+  --reader-threads 8 --repeats 1
 
-say "## training loop vs the training step alone (bf16; 320 training + 64 validation tiles per epoch)"
+say "## training loop vs the training step alone ($DEV, bf16; $TRAIN training + $VAL validation tiles per epoch)"
 for workers in 6 0; do
-  bench "resnet34 512 px, batch 16, $workers workers" train --backbone resnet34 --tile-size 512 --batch-size 16 \
-    --train-tiles 320 --val-tiles 64 --epochs 3 --device cuda --precision bf16 --num-workers $workers
+  bench "resnet34 $BIG px, batch $TBATCH, $workers workers" train --backbone resnet34 --tile-size $BIG \
+    --batch-size $TBATCH --train-tiles $TRAIN --val-tiles $VAL --epochs $EPOCHS --device $DEV --precision bf16 \
+    --num-workers $workers
 done
-bench "resnet34 512 px, batch 16, 6 workers, torch.compile" train --backbone resnet34 --tile-size 512 \
-  --batch-size 16 --train-tiles 320 --val-tiles 64 --epochs 3 --device cuda --precision bf16 --num-workers 6 --compile
-
-say "## GPU memory after the benchmarks"
-nvidia-smi --query-gpu=memory.used,memory.total --format=csv 2>&1 | tee -a "$FIG"
-
-say "## test suite on CUDA"
-timeout 420 $PY -m pytest -q -p no:cacheprovider -x -n 8 tests 2>&1 | tail -15 | tee -a "$FIG"
+if [ "$DEV" = cuda ]; then
+  bench "resnet34 $BIG px, batch $TBATCH, 6 workers, torch.compile" train --backbone resnet34 --tile-size $BIG \
+    --batch-size $TBATCH --train-tiles $TRAIN --val-tiles $VAL --epochs $EPOCHS --device $DEV --precision bf16 \
+    --num-workers 6 --compile
+  say "## GPU memory after the benchmarks"
+  nvidia-smi --query-gpu=memory.used,memory.total --format=csv 2>&1 | tee -a "$FIG"
+  say "## test suite on CUDA (QuPath, groovy and browser tests skip or fail where those are not installed)"
+  LOG=$(dirname "$FIG")/pytest_cuda.log
+  timeout 150 $PY -m pytest -q -p no:cacheprovider -n 14 -rfEs tests > "$LOG" 2>&1
+  grep -E "^(FAILED|ERROR)|passed|failed" "$LOG" | tail -40 | tee -a "$FIG"
+fi
 say "# end"

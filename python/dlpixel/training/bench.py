@@ -77,8 +77,11 @@ def bench_train(
 
     model, _ = create_model(backbone, 3, 3, pretrained=False)
     t0 = time.perf_counter()
-    fit(model, cache, train_idx, val_idx, 3, cfg, weights)
+    history = fit(model, cache, train_idx, val_idx, 3, cfg, weights).history
     fit_s = time.perf_counter() - t0
+    # After the first epoch (worker start-up, cuDNN autotuning and compilation behind it): what every further
+    # epoch of a long run costs.
+    steady_s = history[-1]["seconds"] - history[0]["seconds"] if len(history) > 1 else None
 
     # The step alone, on a batch already on the device.
     model, _ = create_model(backbone, 3, 3, pretrained=False)
@@ -114,6 +117,7 @@ def bench_train(
     sync()
     step_tps = n_steps * batch_size / (time.perf_counter() - t0)
     fit_tps = epochs * train_tiles / fit_s
+    steady_tps = (len(history) - 1) * train_tiles / steady_s if steady_s else None
     return {
         "device": dev.type,
         "precision": precision_name(amp),
@@ -128,6 +132,8 @@ def bench_train(
         "fit_tiles_per_second": round(fit_tps, 2),
         "step_only_tiles_per_second": round(step_tps, 2),
         "loop_efficiency": round(fit_tps / step_tps, 3),
+        "fit_tiles_per_second_after_epoch_1": round(steady_tps, 2) if steady_tps else None,
+        "loop_efficiency_after_epoch_1": round(steady_tps / step_tps, 3) if steady_tps else None,
         "seconds_fit": round(fit_s, 3),
         "seconds_loader_one_epoch": round(loader_s, 3),
         "seconds_steps_one_epoch_at_step_speed": round(train_tiles / step_tps, 3),
