@@ -242,3 +242,85 @@ def test_torch_normalisation_with_a_backbones_input_mean_and_std_equals_numpy(dt
     want = normalize(raw, pre, stats)
     got = normalize_torch(torch.from_numpy(raw)[None].permute(0, 3, 1, 2), pre, stats)
     assert np.array_equal(got[0].permute(1, 2, 0).numpy(), want)
+
+
+@pytest.mark.parametrize("input_norm", [False, True])
+def test_training_batches_normalised_on_the_device_equal_the_host_batches(input_norm):
+    """Raw tiles of two images (each with its own statistics, context channels included), flipped and rotated by
+    the same draws, then normalised by ``DeviceInputs`` equal the tiles normalised first (the CPU path), bit for
+    bit, with the same labels."""
+    from dlpixel.data.patches import PatchCache, TileRef
+    from dlpixel.training.augment import build_augmentation
+    from dlpixel.training.trainer import DeviceInputs, PatchDataset, inputs_on_device
+
+    rng = np.random.default_rng(3)
+    n, size = 6, 32
+    raw = rng.integers(0, 256, (n, 6, size, size)).astype(np.uint8)  # 3 channels + 3 context channels
+    masks = rng.integers(0, 3, (n, size, size)).astype(np.uint8)
+    masks[:, ::3] = 255
+    extra = {"input_mean": [0.5, 0.4, 0.3], "input_std": [0.2, 0.25, 0.3]} if input_norm else {}
+    pre = Preprocessing(channels=[0, 1, 2], channel_names=["a", "b", "c"], normalization=NormalizationConfig(),
+                        context_scale=2, **extra)
+    stats = [ChannelStats(offset=[3.0, 4.0, 5.0], scale=[200.0, 180.0, 90.0]),
+             ChannelStats(offset=[10.0, 0.0, 20.0], scale=[120.0, 250.0, 60.0])]
+    tiles = [TileRef(i % 2, 0, 0) for i in range(n)]
+    cache = PatchCache(raw, masks, tiles, pre, stats)
+    augment = build_augmentation(TrainingConfig().augment, size, seed=0)
+    host = PatchDataset(cache, range(n), augment, seed=5)
+    device = PatchDataset(cache, range(n), augment, seed=5, raw=True)
+    host.epoch = device.epoch = 3
+    cpu = torch.device("cpu")
+    batch_host = torch.utils.data.default_collate([host[i] for i in range(n)])
+    batch_raw = torch.utils.data.default_collate([device[i] for i in range(n)])
+    assert batch_raw[0].dtype == torch.uint8 and batch_raw[1].dtype == torch.uint8
+    x_want, y_want = DeviceInputs(cpu)(batch_host)
+    x_got, y_got = DeviceInputs(cpu, cache)(batch_raw)
+    assert torch.equal(x_got, x_want)
+    assert torch.equal(y_got, y_want) and y_got.dtype == torch.int64
+    # The draws did move pixels: the batch differs from the unaugmented tiles.
+    plain = np.stack([cache.input(i) for i in range(n)])
+    assert not np.array_equal(x_want.numpy(), plain)
+    # Only on CUDA, only for a raw cache, only with geometric augmentations.
+    cfg = TrainingConfig()
+    assert not inputs_on_device(cache, cfg, cpu)
+    assert inputs_on_device(cache, cfg, torch.device("cuda"))
+    assert not inputs_on_device(cache, TrainingConfig(augment={"color_jitter": True}), torch.device("cuda"))
+    assert not inputs_on_device(PatchCache(raw.astype(np.float32), masks, tiles), cfg, torch.device("cuda"))
+
+
+def test_training_workers_auto_are_none_on_a_cpu_and_a_few_on_cuda():
+    import os
+
+    from dlpixel.training.trainer import resolve_workers
+
+    assert resolve_workers(TrainingConfig(), torch.device("cpu")) == 0
+    assert resolve_workers(TrainingConfig(), torch.device("cuda")) == max(0, min(4, (os.cpu_count() or 1) - 1))
+    assert resolve_workers(TrainingConfig(num_workers=3), torch.device("cpu")) == 3
+    with pytest.raises(ValueError, match="0 or more"):
+        TrainingConfig(num_workers=-1)
+
+
+def test_persistent_workers_draw_each_epochs_own_augmentation():
+    """DataLoader workers keep the copy of the dataset made when they started; the epoch reaches them with each
+    index, so epoch 2 is not a replay of epoch 1's flips."""
+    from dlpixel.data.patches import PatchCache, TileRef
+    from dlpixel.training.augment import build_augmentation
+    from dlpixel.training.trainer import EpochSampler, PatchDataset
+
+    rng = np.random.default_rng(4)
+    n, size = 8, 16
+    raw = rng.integers(0, 256, (n, 3, size, size)).astype(np.uint8)
+    masks = rng.integers(0, 3, (n, size, size)).astype(np.uint8)
+    pre = Preprocessing(channels=[0, 1, 2], channel_names=["a", "b", "c"], normalization=NormalizationConfig())
+    cache = PatchCache(raw, masks, [TileRef(0, 0, 0)] * n, pre, [ChannelStats(offset=[0.0] * 3, scale=[255.0] * 3)])
+    ds = PatchDataset(cache, range(n), build_augmentation(TrainingConfig().augment, size, seed=0), seed=1, raw=True)
+    loader = torch.utils.data.DataLoader(ds, batch_size=n, sampler=EpochSampler(torch.utils.data.SequentialSampler(ds),
+                                                                                ds),
+                                         num_workers=1, persistent_workers=True)
+    batches = {}
+    for epoch in (1, 2):
+        ds.epoch = epoch
+        batches[epoch] = next(iter(loader))[0]
+        want = torch.stack([ds[(epoch, i)][0] for i in range(n)])
+        assert torch.equal(batches[epoch], want)
+    assert not torch.equal(batches[1], batches[2])

@@ -55,7 +55,8 @@ def test_two_processes_train_and_rank_0_alone_saves(synthetic_project):
            "--quiet"]
     for s in SETTINGS:
         cmd += ["--set", s]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # The CPU (gloo) world on any machine: a one-GPU machine has no second GPU to give rank 1.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stderr[-2000:]
     folders = sorted(p.name for p in (folder / "classifiers" / "dl").iterdir() if p.is_dir())

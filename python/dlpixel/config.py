@@ -202,8 +202,10 @@ class TrainingConfig(_Settings):
     normalization: NormalizationConfig = Field(default_factory=NormalizationConfig)
     # reproducibility and hardware
     seed: int = 42
-    num_workers: int = 0
-    """DataLoader worker processes; patches are cached in memory, so 0 is fastest on small CPU machines."""
+    num_workers: int | Literal["auto"] = "auto"
+    """DataLoader worker processes (augmentation and batching beside the training steps). ``auto``: none on a CPU
+    (patches are cached in memory, and workers would take cores from the model), up to 4 persistent workers on a
+    CUDA GPU (one core left for the training loop)."""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
     @model_validator(mode="before")
@@ -312,8 +314,8 @@ class TrainingConfig(_Settings):
 
     @field_validator("early_stop_patience", "num_workers")
     @classmethod
-    def _non_negative(cls, value: int) -> int:
-        if value < 0:
+    def _non_negative(cls, value: Any) -> Any:
+        if value != "auto" and value < 0:
             raise ValueError(f"must be 0 or more (got {value})")
         return value
 

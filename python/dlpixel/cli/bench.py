@@ -32,6 +32,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return _print(result, args.json)
 
 
+def _workers(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or auto, got {value!r}") from None
+
+
 def register_cli(sub: Any) -> None:
     p = sub.add_parser("bench", help="throughput benchmarks that print ratios")
     bench_sub = p.add_subparsers(dest="bench", required=True)
@@ -61,7 +70,8 @@ def register_cli(sub: Any) -> None:
                    help="where training runs (default auto)")
     t.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16",
                    help="precision on a GPU (default %(default)s)")
-    t.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default %(default)s)")
+    t.add_argument("--num-workers", type=_workers, default="auto",
+                   help="DataLoader worker processes, or auto as in training (default %(default)s)")
     t.add_argument("--compile", action="store_true", help="torch.compile on CUDA")
     t.add_argument("--json", action="store_true", help="one JSON object")
     t.set_defaults(func=_cmd_train)

@@ -121,7 +121,7 @@ class Augmentation:
                 out = self._compose(image=image, mask=mask)
             finally:
                 self._compose.set_random_state(*own)
-        aug_image = np.ascontiguousarray(out["image"], dtype=np.float32).reshape(image.shape)
+        aug_image = np.ascontiguousarray(out["image"], dtype=image.dtype).reshape(image.shape)
         aug_mask = np.ascontiguousarray(out["mask"], dtype=mask.dtype).reshape(mask.shape)
         return aug_image, aug_mask
 

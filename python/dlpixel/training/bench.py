@@ -40,7 +40,7 @@ def bench_train(
     epochs: int = 2,
     device: str = "auto",
     precision: str = "bf16",
-    num_workers: int = 0,
+    num_workers: int | str = "auto",
     compile: bool = False,
 ) -> dict[str, Any]:
     """Training tiles per second of ``fit`` (validation included) and of the step alone, their ratio, and the
@@ -52,7 +52,7 @@ def bench_train(
     from ..models.factory import create_model
     from ..runtime.device import autocast_dtype, precision_name, resolve_device
     from .losses import build_loss
-    from .trainer import PatchDataset, fit
+    from .trainer import DeviceInputs, PatchDataset, fit, inputs_on_device, resolve_workers
 
     cfg = TrainingConfig(backbone=backbone, tile_size=tile_size, batch_size=batch_size, epochs=epochs,
                          early_stop_patience=0, device=device, precision=precision, num_workers=num_workers,
@@ -65,14 +65,21 @@ def bench_train(
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
-    # The DataLoader alone, one epoch: what the loop must hide behind the steps.
+    # The DataLoader alone, one epoch, as ``fit`` builds it (raw tiles normalised on the device on CUDA): what the
+    # loop must hide behind the steps.
     from .augment import build_augmentation
 
-    ds = PatchDataset(cache, train_idx, build_augmentation(cfg.augment, tile_size, seed=cfg.seed), seed=cfg.seed)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=num_workers)
+    raw = inputs_on_device(cache, cfg, dev)
+    workers = resolve_workers(cfg, dev)
+    ds = PatchDataset(cache, train_idx, build_augmentation(cfg.augment, tile_size, seed=cfg.seed), seed=cfg.seed,
+                      raw=raw)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                         pin_memory=dev.type == "cuda")
+    prepare = DeviceInputs(dev, cache if raw else None)
     t0 = time.perf_counter()
-    for _ in loader:
-        pass
+    for batch in loader:
+        prepare(batch)
+    sync()
     loader_s = time.perf_counter() - t0
 
     model, _ = create_model(backbone, 3, 3, pretrained=False)
@@ -124,7 +131,8 @@ def bench_train(
         "backbone": backbone,
         "tile_size": tile_size,
         "batch_size": batch_size,
-        "num_workers": num_workers,
+        "num_workers": workers,
+        "inputs_normalised_on_device": raw,
         "compile": bool(compile and dev.type == "cuda"),
         "train_tiles": train_tiles,
         "val_tiles": val_tiles,

@@ -38,30 +38,109 @@ def seed_everything(seed: int) -> None:
 
 
 class PatchDataset(Dataset):
-    """Tiles of the patch cache as tensors, augmented on the fly when an augmentation is given."""
+    """Tiles of the patch cache as tensors, augmented on the fly when an augmentation is given.
 
-    def __init__(self, cache: PatchCache, indices: Sequence[int], augment: Augment | None = None, seed: int = 0):
+    ``raw``: tiles stay in the image's own dtype (uint8 is a quarter of float32 through workers, pinned memory and
+    the copy to the GPU) and each item also names its image, so the batch is normalised on the device
+    (``DeviceInputs``); the geometric augmentations move pixels without changing them, so normalising after them
+    gives the same numbers as before them. Labels stay uint8 (255 = unlabelled) in that mode."""
+
+    def __init__(self, cache: PatchCache, indices: Sequence[int], augment: Augment | None = None, seed: int = 0,
+                 raw: bool = False):
         self.cache = cache
         self.indices = list(indices)
         self.augment = augment
         self.seed = seed
+        self.raw = raw
         self.epoch = 0
         """Set by the trainer: each (seed, epoch, tile) draws its own augmentation, in any worker."""
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        # ``EpochSampler`` sends (epoch, i): persistent DataLoader workers hold a copy of this object made when
+        # they started, so the epoch must travel with each index to reach them.
+        epoch, i = item if isinstance(item, tuple) else (self.epoch, item)
         idx = self.indices[i]
-        image = self.cache.input(idx) if hasattr(self.cache, "input") else self.cache.images[idx]
+        if self.raw:
+            image = self.cache.raw[idx]
+        else:
+            image = self.cache.input(idx) if hasattr(self.cache, "input") else self.cache.images[idx]
         mask = self.cache.masks[idx]
         if self.augment is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, idx])
+            rng = np.random.default_rng([self.seed, epoch, idx])
             hwc, mask = self.augment(np.ascontiguousarray(image.transpose(1, 2, 0)), mask, rng)
             image = hwc.transpose(2, 0, 1)
+        if self.raw:
+            return (torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(np.ascontiguousarray(mask)),
+                    torch.tensor(self.cache.tiles[idx].image))
         return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), torch.from_numpy(
             np.ascontiguousarray(mask).astype(np.int64)
         )
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """The indices of ``sampler`` tagged with the dataset's epoch at the start of each pass, as (epoch, index)."""
+
+    def __init__(self, sampler: Any, dataset: PatchDataset):
+        self.sampler = sampler
+        self.dataset = dataset
+
+    def __iter__(self) -> Any:
+        epoch = self.dataset.epoch
+        return ((epoch, int(i)) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+
+def inputs_on_device(cache: PatchCache, cfg: TrainingConfig, device: torch.device) -> bool:
+    """Whether tiles travel raw and are normalised on the device: on CUDA, for a raw patch cache, when the
+    augmentations are geometric only (brightness jitter and elastic warps work on normalised values)."""
+    return (device.type == "cuda" and cache.pre is not None and cache.stats is not None
+            and not cfg.augment.color_jitter and not cfg.augment.elastic)
+
+
+def resolve_workers(cfg: TrainingConfig, device: torch.device) -> int:
+    """``num_workers``, with ``auto`` resolved: none on a CPU, up to 4 on a CUDA GPU (a core left for the loop)."""
+    if cfg.num_workers != "auto":
+        return int(cfg.num_workers)
+    if device.type != "cuda":
+        return 0
+    import os
+
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+class DeviceInputs:
+    """A DataLoader batch to model input (float32, channels_last on CUDA) and int64 labels on the device; raw
+    batches (``PatchDataset(raw=True)``) are normalised there by ``TorchNormalizer``, equal to the numpy path."""
+
+    def __init__(self, device: torch.device, cache: PatchCache | None = None):
+        self.device = device
+        self.normalizer = None
+        if cache is not None:
+            from ..runtime.normalize import TorchNormalizer
+
+            assert cache.pre is not None and cache.stats is not None
+            self.normalizer = TorchNormalizer(cache.pre, cache.stats, cache.raw.shape[1], device)
+
+    def __call__(self, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        cuda = self.device.type == "cuda"
+        x = batch[0].to(self.device, non_blocking=cuda)
+        y = batch[1].to(self.device, non_blocking=cuda)
+        if self.normalizer is not None:
+            x = self.normalizer(x, batch[2].to(self.device, non_blocking=cuda))
+        if y.dtype != torch.int64:
+            y = y.long()
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
 
 
 def _worker_init(worker_id: int) -> None:
@@ -125,6 +204,7 @@ def evaluate(
     n_classes: int,
     device: torch.device,
     amp: torch.dtype | None,
+    prepare: Callable[[Sequence[torch.Tensor]], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[float, Any]:
     """Validation loss (mean over batches) and the confusion matrix over labelled pixels, in eval mode, in the
     training precision; both summed on the device and read once."""
@@ -136,12 +216,10 @@ def evaluate(
     counts = torch.zeros(k * k + 1, dtype=torch.int64, device=device)
     total = torch.zeros((), dtype=torch.float32, device=device)
     batches = 0
-    cuda = device.type == "cuda"
+    prepare = prepare or DeviceInputs(device)
     with torch.inference_mode():
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=cuda), y.to(device, non_blocking=cuda)
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
+        for batch in loader:
+            x, y = prepare(batch)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits = model(x)
             total += loss_fn(logits.float(), y).detach()
@@ -187,15 +265,19 @@ def fit(
     log_every = cfg.log_every if cuda else 1
 
     augment = build_augmentation(cfg.augment, cfg.tile_size, seed=cfg.seed)
-    train_ds = PatchDataset(cache, train_idx, augment, seed=cfg.seed)
-    val_ds = PatchDataset(cache, val_idx)
+    raw = inputs_on_device(cache, cfg, device)
+    prepare = DeviceInputs(device, cache if raw else None)
+    train_ds = PatchDataset(cache, train_idx, augment, seed=cfg.seed, raw=raw)
+    val_ds = PatchDataset(cache, val_idx, raw=raw)
     generator = torch.Generator().manual_seed(cfg.seed)
     sampler = distributed.train_sampler(train_ds, cfg.seed)  # batch_size is per process (per GPU)
+    if sampler is None:
+        sampler = torch.utils.data.RandomSampler(train_ds, generator=generator)
     pin = device.type == "cuda"
     batch = min(cfg.batch_size, len(train_ds))
-    workers = cfg.num_workers
+    workers = resolve_workers(cfg, device)
     train_loader = DataLoader(
-        train_ds, batch_size=batch, sampler=sampler, shuffle=sampler is None,
+        train_ds, batch_size=batch, sampler=EpochSampler(sampler, train_ds),
         drop_last=len(train_ds) > batch and len(train_ds) % batch == 1,
         num_workers=workers, pin_memory=pin, generator=generator, worker_init_fn=_worker_init,
         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
@@ -229,11 +311,8 @@ def fit(
             seen, window_n, n_batches = 0, 0, len(train_loader)
             # A cancel (the first Ctrl-C, QuPath's Cancel) ends the run after this epoch and keeps the best one;
             # a second Ctrl-C raises KeyboardInterrupt here and nothing is written.
-            for step, (x, y) in enumerate(train_loader, 1):
-                x = x.to(device, non_blocking=pin)
-                y = y.to(device, non_blocking=pin)
-                if cuda:
-                    x = x.contiguous(memory_format=torch.channels_last)
+            for step, batch_in in enumerate(train_loader, 1):
+                x, y = prepare(batch_in)
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     logits = net(x)
@@ -263,7 +342,7 @@ def fit(
                     window_n = 0
             train_loss = float(running) / max(seen, 1)
             distributed.sync_buffers(model)
-            val_loss, cm = evaluate(net, val_loader, loss_fn, n_classes, device, amp)
+            val_loss, cm = evaluate(net, val_loader, loss_fn, n_classes, device, amp, prepare)
             ious = cm.iou_per_class()
             mean_iou = float(cm.mean_iou())
             metric = mean_iou if maximise else val_loss
