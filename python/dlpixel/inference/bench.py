@@ -123,8 +123,12 @@ def bench_inference(
             t_stats = time.perf_counter() - t0
             with ClassMapWriter(root / "map.ome.tif", grid.width, grid.height, 1, pixel_size_um=0.5,
                                 channel_names=["classes"], kind="classes") as sink:
-                for strip in predictor.strips(source, stats):
-                    sink.add_strip(strip.y, strip.classes())
+                ahead = predictor.ahead_of_writer(predictor.strips(source, stats))  # as ``apply`` writes
+                try:
+                    for strip in ahead:
+                        sink.add_strip(strip.y, strip.classes())
+                finally:
+                    ahead.close()
             tps = n_tiles / (time.perf_counter() - t0)
             if tps > best:
                 best = tps

@@ -36,14 +36,16 @@ NOT_COMPUTED = 255
 
 def reduce_mode(rows: np.ndarray) -> np.ndarray:
     """Halve an (2n, 2m, C) class map: each 2 × 2 block becomes its most frequent value (the top-left one on ties),
-    so reduced levels show only classes that exist, never a blend of indices."""
-    v = (rows[0::2, 0::2], rows[0::2, 1::2], rows[1::2, 0::2], rows[1::2, 1::2])
-    counts = [sum((v[i] == v[j]).astype(np.uint8) for j in range(4) if j != i) for i in range(4)]
-    out, best = v[0].copy(), counts[0]
-    for i in range(1, 4):
-        better = counts[i] > best
-        out[better] = v[i][better]
-        best = np.maximum(best, counts[i])
+    so reduced levels show only classes that exist, never a blend of indices.
+
+    Of four values a, b (top), c, d (bottom): a wins whenever it equals any other (no other value can then be more
+    frequent); otherwise b if it equals c or d, else c if it equals d, else a (all different)."""
+    a, b = rows[0::2, 0::2], rows[0::2, 1::2]
+    c, d = rows[1::2, 0::2], rows[1::2, 1::2]
+    lone = (a != b) & (a != c) & (a != d)
+    take_b = lone & ((b == c) | (b == d))
+    out = np.where(take_b, b, a)
+    np.copyto(out, c, where=lone & ~take_b & (c == d))
     return out
 
 
@@ -71,10 +73,10 @@ _POOL: ThreadPoolExecutor | None = None
 
 
 def _compress_pool() -> ThreadPoolExecutor:
-    """Threads that compress map tiles (one per core, at most 8), shared by every writer of the process."""
+    """Threads that compress map tiles (one per core, at most 16), shared by every writer of the process."""
     global _POOL
     if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)),
+        _POOL = ThreadPoolExecutor(max_workers=max(1, min(16, os.cpu_count() or 1)),
                                    thread_name_prefix="dlpixel-compress")
     return _POOL
 
@@ -109,7 +111,7 @@ class ClassMapWriter:
         kind: MapKind = "classes",
         colors: Sequence[tuple[int, int, int]] | None = None,
         preview: str | Path | None = None,
-        compression_level: int = 6,
+        compression_level: int | None = None,
         class_names: Sequence[str] | None = None,
         overlay: str | Path | None = None,
         region: Sequence[float] | None = None,
@@ -132,7 +134,10 @@ class ClassMapWriter:
         self.channel_names = list(channel_names) if channel_names is not None else None
         self.colors = list(colors) if colors is not None else None
         self.preview = Path(preview) if preview is not None else None
-        self.compression_level = compression_level
+        # zlib level 1 for class maps: about 10x faster than level 6 on a noisy map and 3x on a smooth one (a noisy
+        # 256-px tile 19 % larger, a smooth one about 1 kB instead of 0.3 kB); probabilities keep level 6.
+        self.compression_level = compression_level if compression_level is not None else (
+            1 if kind == "classes" else 6)
         self.class_names = list(class_names) if class_names is not None else None
         if overlay is not None and kind != "classes":
             raise ValueError("an overlay is made from a class map")

@@ -308,8 +308,9 @@ def _predict_plane(
         from .refine import watershed_strips
 
         strips = watershed_strips(strips, source, predictor.meta.preprocessing, stats, ds, grid.height)
+    ahead = predictor.ahead_of_writer(strips, name=f"dlpixel-apply-{image.name}")
     try:
-        for strip in strips:
+        for strip in ahead:
             if cfg.output == "probabilities":
                 data = np.rint(strip.probabilities * 255).astype(np.uint8)
                 data[~strip.computed] = 0
@@ -328,6 +329,8 @@ def _predict_plane(
         if hasattr(sink, "abort"):
             sink.abort()
         raise
+    finally:
+        ahead.close()  # stops (and joins) the producer however the loop ended
     if cfg.output in MAP_OUTPUTS:
         sink.written = [path, preview] + ([overlay, overlay.with_suffix(".json")] if overlay is not None else [])
     return sink
