@@ -14,10 +14,12 @@ Per image and stroke seed: about 30 strokes 3 px wide (half through object inter
 the full truth. The baseline is QuPath's pixel classifier (``training.baseline``: a random forest on multiscale
 filter responses) trained on all the strokes. Printed: true IoU per class and mean, the baseline's, and the
 validation figures dlpixel reported (held-out annotations with their 95 % interval, label-free expected IoU, the
-reported estimate).
+reported estimate). With ``--labels dense`` the top half of each image is labelled from the truth instead (each
+object outlined as an area, the background as eight strips underneath) and the bottom half is scored.
 
-    python benchmarks/quality.py                       # features tier, 3 seeds
+    python benchmarks/quality.py                       # the defaults (method auto), 3 seeds
     python benchmarks/quality.py --methods features unet --seeds 0
+    python benchmarks/quality.py --labels dense --methods default unet --seeds 0
 """
 
 from __future__ import annotations
@@ -218,7 +220,9 @@ def run(methods: list[str], seeds: list[int], epochs: int, images: list[str] | N
             with tempfile.TemporaryDirectory() as tmp:
                 write_project(Path(tmp), image, strokes, areas)
                 for method in methods:
-                    settings = {"method": method.split("_")[0], "line_stroke_width": STROKE_PX, "seed": seed}
+                    settings = {"line_stroke_width": STROKE_PX, "seed": seed}
+                    if method != "default":  # default: every setting at its default, the method included
+                        settings["method"] = method.split("_")[0]
                     if method == "features_plain":
                         settings["prior_correction"] = False
                     if method.startswith("unet"):
@@ -244,7 +248,7 @@ def run(methods: list[str], seeds: list[int], epochs: int, images: list[str] | N
                                  "true_fraction_fg": float(fg[scored].mean()), "labels": labels,
                                  "resolved": meta.architecture})
                     r = rows[-1]
-                    print(f"{name:15s} seed {seed} {method:9s} true IoU bg {r['iou_bg']:.3f} fg {r['iou_fg']:.3f} "
+                    print(f"{name:15s} seed {seed} {method:9s} ({meta.architecture}) true IoU bg {r['iou_bg']:.3f} fg {r['iou_fg']:.3f} "
                           f"mean {r['miou']:.3f} | forest fg {r['rf_fg']:.3f} mean {r['rf_miou']:.3f} | reported "
                           f"{r['reported']:.3f} (held-out {r['held_out']} {r['ci']}, expected {r['expected']}, "
                           f"forest held-out {r['rf_held_out']}) | {seconds:.1f} s", flush=True)
@@ -253,9 +257,10 @@ def run(methods: list[str], seeds: list[int], epochs: int, images: list[str] | N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=["features"],
-                        choices=["features", "features_prior", "features_plain", "unet", "unet_pseudo"],
-                        help="features: the defaults (prior correction, watershed refinement); features_prior: "
+    parser.add_argument("--methods", nargs="+", default=["default"],
+                        choices=["default", "features", "features_prior", "features_plain", "unet", "unet_pseudo"],
+                        help="default: every setting at its default (method auto; the method it chose is printed); "
+                        "features: method features (prior correction, watershed refinement); features_prior: "
                         "refine none; features_plain: prior_correction off and refine none; unet: lite0 on 256 px "
                         "tiles; unet_pseudo: the same with pseudo_labels on")
     parser.add_argument("--images", nargs="+", choices=["nuclei_fluo", "bacteria_phase"], help="default: both")
