@@ -248,8 +248,8 @@ def run(methods: list[str], seeds: list[int], epochs: int, images: list[str] | N
                                  "true_fraction_fg": float(fg[scored].mean()), "labels": labels,
                                  "resolved": meta.architecture})
                     r = rows[-1]
-                    print(f"{name:15s} seed {seed} {method:9s} ({meta.architecture}) true IoU bg {r['iou_bg']:.3f} fg {r['iou_fg']:.3f} "
-                          f"mean {r['miou']:.3f} | forest fg {r['rf_fg']:.3f} mean {r['rf_miou']:.3f} | reported "
+                    print(f"{name:15s} seed {seed} {method:9s} ({meta.architecture}) true IoU bg {r['iou_bg']:.3f} "
+                          f"fg {r['iou_fg']:.3f} mean {r['miou']:.3f} | forest fg {r['rf_fg']:.3f} mean {r['rf_miou']:.3f} | reported "
                           f"{r['reported']:.3f} (held-out {r['held_out']} {r['ci']}, expected {r['expected']}, "
                           f"forest held-out {r['rf_held_out']}) | {seconds:.1f} s", flush=True)
     return rows

@@ -66,7 +66,7 @@ def labelled_pixels(shapes_per_image: Sequence[Sequence[LabelShape]], classes: S
             later = [j for j in tree.query(geom, predicate="intersects") if j > i]
             own = geom.difference(shapely.union_all([footprints[j] for j in later])) if later else geom
             area[s.class_name] += own.area  # type: ignore[index]
-    return {c: int(round(a / downsample ** 2)) for c, a in area.items()}
+    return {c: round(a / downsample ** 2) for c, a in area.items()}
 
 
 def choose_method(cfg: TrainingConfig, shapes_per_image: Sequence[Sequence[LabelShape]], classes: Sequence[str],
