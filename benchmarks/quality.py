@@ -197,7 +197,7 @@ def baseline_map(image: np.ndarray, strokes: list[tuple[int, np.ndarray]], seed:
 
 
 def run(methods: list[str], seeds: list[int], epochs: int, images: list[str] | None = None,
-        labels: str = "strokes") -> list[dict]:
+        labels: str = "strokes", unet_tile: int = 256) -> list[dict]:
     import dlpixel
     import torch
 
@@ -226,7 +226,7 @@ def run(methods: list[str], seeds: list[int], epochs: int, images: list[str] | N
                     if method == "features_plain":
                         settings["prior_correction"] = False
                     if method.startswith("unet"):
-                        settings.update({"backbone": "efficientnet-lite0", "tile_size": 256, "epochs": epochs,
+                        settings.update({"backbone": "efficientnet-lite0", "tile_size": unet_tile, "epochs": epochs,
                                          "pseudo_labels": method == "unet_pseudo"})
                     start = time.perf_counter()
                     entry = dlpixel.train(tmp, f"q_{method}", settings, overwrite=True)
@@ -266,12 +266,13 @@ def main() -> None:
     parser.add_argument("--images", nargs="+", choices=["nuclei_fluo", "bacteria_phase"], help="default: both")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=30, help="U-Net epochs")
+    parser.add_argument("--unet-tile", type=int, default=256, help="U-Net tile size")
     parser.add_argument("--labels", choices=["strokes", "dense"], default="strokes",
                         help="strokes: 30 strokes per image (scored on the whole image); dense: every pixel of the "
                         "top half labelled from the truth, objects outlined (scored on the bottom half)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
-    rows = run(args.methods, args.seeds, args.epochs, args.images, args.labels)
+    rows = run(args.methods, args.seeds, args.epochs, args.images, args.labels, args.unet_tile)
     print("\nmeans over seeds")
     for name in dict.fromkeys(r["image"] for r in rows):
         for method in args.methods:

@@ -82,8 +82,8 @@ def choose_method(cfg: TrainingConfig, shapes_per_image: Sequence[Sequence[Label
     total = sum(counts.values())
     if total > AUTO_UNET_PIXELS:
         reason = (f"{total:,} labelled pixels, more than the {AUTO_UNET_PIXELS:,} a features classifier learns from: "
-                  "dense labels for a U-Net")
+                  "a U-Net learns from them all")
         return MethodChoice("auto", "unet", reason, counts)
-    reason = (f"{total:,} labelled pixels, at most {AUTO_UNET_PIXELS:,}: sparse labels, where a features classifier "
-              "beat a U-Net on real images")
+    reason = (f"{total:,} labelled pixels, at most {AUTO_UNET_PIXELS:,}: with as few, a features classifier beat a "
+              "U-Net on real images")
     return MethodChoice("auto", "features", reason, counts)
