@@ -48,7 +48,8 @@ BACKBONES: tuple[str, ...] = (
     "resnet50_tcga-brca",
 )
 """Encoders a U-Net can be built on. ``efficientnet-lite0`` has its ImageNet weights in a Python package, so it
-is the one pretrained encoder that works with no download (the demo uses it)."""
+is the one pretrained encoder that works with no download (the demo's U-Net, ``dlpixel demo --method unet``, uses
+it)."""
 
 
 class Scheduler(str, Enum):

@@ -92,7 +92,7 @@ GUIDANCE: dict[str, str] = {
     "freeze": "`auto` suits most projects. Freeze more when validation loss climbs (overfitting), less when both "
     "losses stall at a poor IoU.",
     "tile_size": "256 for cell-scale structures, 512 for tissue regions. Smaller tiles give more tiles from small "
-    "annotations (the demo uses 64 on a 512 px image).",
+    "annotations (the demo's U-Net uses 64 on a 512 px image).",
     "downsample": "1 when cells decide the class; 2–4 when tissue architecture does (faster, more context per tile).",
     "context_scale": "Try 2–4 when a tile alone is too small to tell the classes apart; costs a second read per tile.",
     "tile_overlap": "10–25 draws more tiles from few annotations. The extra tiles are near copies, so going higher "
@@ -112,7 +112,7 @@ GUIDANCE: dict[str, str] = {
     "loss": "`ce_dice` (cross-entropy + Dice) is the default to beat. `focal` and `focal_dice` weight hard pixels "
     "more. Class weights apply to every loss.",
     "early_stop_metric": "`mean_iou` follows what you will look at more closely than `val_loss` does.",
-    "early_stop_patience": "10–20 for full runs; shorter (the demo uses 8) for quick trials.",
+    "early_stop_patience": "10–20 for full runs; shorter (the demo's U-Net uses 8) for quick trials.",
     "precision": "Leave `bf16`; `fp32` only to rule it out when a GPU run gives a non-finite loss.",
     "compile": "Off for short runs; on for runs of many epochs on a CUDA GPU.",
     "log_every": "Leave 10.",
