@@ -78,7 +78,7 @@ def test_a_method_that_is_set_is_kept_and_a_unet_is_chosen_when_asked_for_by_oth
     for method, shapes in (("unet", STROKES), ("features", dense)):
         choice = choose_method(TrainingConfig(method=method), shapes, CLASSES)
         assert (choice.setting, choice.method, choice.labelled_pixels) == (method, method, {})
-        assert choice.record() == {"setting": method, "method": method, "reason": f"method {method} was set"}
+        assert choice.record() == {"setting": method, "method": method, "reason": "set in the settings"}
     fine_tune = choose_method(TrainingConfig(), STROKES, CLASSES, init_weights_from="first")
     assert (fine_tune.method, fine_tune.reason) == ("unet", "fine-tuning the U-Net of classifier 'first'")
     assert choose_method(TrainingConfig(), STROKES, CLASSES, several_gpus=True).method == "unet"
@@ -135,7 +135,9 @@ def test_a_run_on_strokes_trains_features_and_records_why(tmp_path, capsys):
     assert main(["train", "--project", str(folder), "--from-model", "auto", "--name", "again", "--quiet"]) == 0
     again = store.load_classifier(folder, "again").metadata
     assert again.architecture == "features" and again.training == reread.training
-    assert again.method_choice == {"setting": "features", "method": "features", "reason": "method features was set"}
+    assert again.method_choice == {"setting": "features", "method": "features", "reason": "set in the settings"}
+    assert main(["models", "show", "again", "--project", str(folder)]) == 0
+    assert "  method       features (set)" in capsys.readouterr().out
 
 
 def test_a_run_above_the_threshold_trains_a_unet(tmp_path, monkeypatch):

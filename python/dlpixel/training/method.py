@@ -73,7 +73,7 @@ def choose_method(cfg: TrainingConfig, shapes_per_image: Sequence[Sequence[Label
                   init_weights_from: str | None = None, several_gpus: bool = False) -> MethodChoice:
     """The method ``cfg`` trains on these annotations: the one set, or for ``auto`` the rule of this module."""
     if cfg.method != "auto":
-        return MethodChoice(cfg.method, cfg.method, f"method {cfg.method} was set")
+        return MethodChoice(cfg.method, cfg.method, "set in the settings")
     if init_weights_from:
         return MethodChoice("auto", "unet", f"fine-tuning the U-Net of classifier '{init_weights_from}'")
     if several_gpus:

@@ -292,11 +292,10 @@ def check_split_classes(classes: Sequence[str], train_counts: np.ndarray, val_co
 
 def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: TrainingData, names: list[str],
                     pre: Preprocessing, cache: PatchCache, overwrite: bool, emit: Emitter,
-                    cancel: CancelToken, init_weights_from: str | None = None,
-                    choice: MethodChoice | None = None) -> store.ClassifierEntry:
-    """Split the tiles, build and train the model, and save the classifier folder."""
-    if choice is None:
-        choice = choose_method(cfg, data.shapes, data.classes, init_weights_from, distributed.is_distributed())
+                    cancel: CancelToken, init_weights_from: str | None,
+                    choice: MethodChoice) -> store.ClassifierEntry:
+    """Split the tiles, build and train the model (``cfg.method`` as ``resolve_method`` settled it), and save the
+    classifier folder."""
     if cfg.method == "features":
         return _train_features_and_save(project, name, cfg, data, names, pre, cache, overwrite, emit, cancel,
                                         choice)
