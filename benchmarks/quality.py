@@ -14,10 +14,12 @@ Per image and stroke seed: about 30 strokes 3 px wide (half through object inter
 the full truth. The baseline is QuPath's pixel classifier (``training.baseline``: a random forest on multiscale
 filter responses) trained on all the strokes. Printed: true IoU per class and mean, the baseline's, and the
 validation figures dlpixel reported (held-out annotations with their 95 % interval, label-free expected IoU, the
-reported estimate).
+reported estimate). With ``--labels dense`` the top half of each image is labelled from the truth instead (each
+object outlined as an area, the background as eight strips underneath) and the bottom half is scored.
 
-    python benchmarks/quality.py                       # features tier, 3 seeds
+    python benchmarks/quality.py                       # the defaults (method auto), 3 seeds
     python benchmarks/quality.py --methods features unet --seeds 0
+    python benchmarks/quality.py --labels dense --methods default unet --seeds 0
 """
 
 from __future__ import annotations
@@ -129,13 +131,44 @@ def make_strokes(truth: np.ndarray, n_strokes: int = 30, seed: int = 0, boundary
     return strokes
 
 
-def write_project(folder: Path, image: np.ndarray, strokes: list[tuple[int, np.ndarray]]) -> None:
+def dense_areas(truth: np.ndarray, rows: int, strips: int = 8) -> list[tuple[int, list]]:
+    """(class, polygon rings) labelling every pixel of the top ``rows`` rows from the truth: each connected object
+    (clipped to those rows) is an Object area, the rows are cut into ``strips`` Background areas underneath (where
+    areas overlap the smaller wins), as someone who outlines every object of a region would draw them."""
+    import shapely
+    from shapely.geometry import box
+
+    fg = (truth[:rows] > 0).astype(np.uint8)
+    n, comp = cv2.connectedComponents(fg, connectivity=4)
+    out: list[tuple[int, list]] = []
+    width = truth.shape[1]
+    for k in range(strips):
+        b = box(k * width / strips, 0, (k + 1) * width / strips, rows)
+        out.append((0, [list(b.exterior.coords)]))
+    for i in range(1, n):
+        boxes = []
+        for r in np.unique(np.nonzero(comp == i)[0]):
+            cols = np.flatnonzero(comp[r] == i)
+            starts = cols[np.r_[True, np.diff(cols) > 1]]
+            ends = cols[np.r_[np.diff(cols) > 1, True]] + 1
+            boxes += [box(a, r, b, r + 1) for a, b in zip(starts, ends)]
+        geom = shapely.unary_union(boxes)
+        for part in shapely.get_parts(geom):
+            out.append((1, [list(part.exterior.coords)] + [list(h.coords) for h in part.interiors]))
+    return out
+
+
+def write_project(folder: Path, image: np.ndarray, strokes: list[tuple[int, np.ndarray]],
+                  areas: list[tuple[int, list]] = ()) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tifffile.imwrite(folder / "image.tif", image)
     features = [{"type": "Feature",
                  "geometry": {"type": "LineString", "coordinates": (line + 0.5).tolist()},
                  "properties": {"objectType": "annotation", "classification": {"name": CLASSES[c]}}}
                 for c, line in strokes]
+    features += [{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": rings},
+                  "properties": {"objectType": "annotation", "classification": {"name": CLASSES[c]}}}
+                 for c, rings in areas]
     (folder / "image.tif.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
 
 
@@ -149,19 +182,22 @@ def ious(pred: np.ndarray, truth_fg: np.ndarray) -> list[float]:
     return out
 
 
-def baseline_map(image: np.ndarray, strokes: list[tuple[int, np.ndarray]], seed: int) -> np.ndarray:
-    """The random forest (``training.baseline``) on every stroke, predicted over the whole image."""
+def baseline_map(image: np.ndarray, strokes: list[tuple[int, np.ndarray]], seed: int,
+                 dense: np.ndarray | None = None) -> np.ndarray:
+    """The random forest (``training.baseline``) on every stroke (or on the ``dense`` labels, 255 = none),
+    predicted over the whole image."""
     from dlpixel.training.baseline import random_forest_baseline
 
     lo, hi = np.percentile(image, [1, 99])
     x = np.clip((image.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0, 1)[None]
-    labels = np.full(image.shape, 255, np.uint8)
+    labels = np.full(image.shape, 255, np.uint8) if dense is None else dense
     for c, line in sorted(strokes, key=lambda s: -s[0]):
         cv2.polylines(labels, [np.round(line).astype(np.int32)], False, c, thickness=STROKE_PX)
     return random_forest_baseline([x], [labels], seed)(x)
 
 
-def run(methods: list[str], seeds: list[int], epochs: int, images: list[str] | None = None) -> list[dict]:
+def run(methods: list[str], seeds: list[int], epochs: int, images: list[str] | None = None,
+        labels: str = "strokes", unet_tile: int = 256) -> list[dict]:
     import dlpixel
     import torch
 
@@ -171,17 +207,26 @@ def run(methods: list[str], seeds: list[int], epochs: int, images: list[str] | N
         if images and name not in images:
             continue
         fg = truth > 0
+        # Dense labels cover the top half, which is then left out of the score.
+        scored = slice(image.shape[0] // 2, None) if labels == "dense" else slice(None)
         for seed in seeds:
-            strokes = make_strokes(truth, seed=seed)
-            base = ious(baseline_map(image, strokes, seed), fg)
+            if labels == "dense":
+                strokes, areas = [], dense_areas(truth, image.shape[0] // 2)
+                dense = np.full(image.shape, 255, np.uint8)
+                dense[: image.shape[0] // 2] = fg[: image.shape[0] // 2]
+            else:
+                strokes, areas, dense = make_strokes(truth, seed=seed), [], None
+            base = ious(baseline_map(image, strokes, seed, dense)[scored], fg[scored])
             with tempfile.TemporaryDirectory() as tmp:
-                write_project(Path(tmp), image, strokes)
+                write_project(Path(tmp), image, strokes, areas)
                 for method in methods:
-                    settings = {"method": method.split("_")[0], "line_stroke_width": STROKE_PX, "seed": seed}
+                    settings = {"line_stroke_width": STROKE_PX, "seed": seed}
+                    if method != "default":  # default: every setting at its default, the method included
+                        settings["method"] = method.split("_")[0]
                     if method == "features_plain":
                         settings["prior_correction"] = False
                     if method.startswith("unet"):
-                        settings.update({"backbone": "efficientnet-lite0", "tile_size": 256, "epochs": epochs,
+                        settings.update({"backbone": "efficientnet-lite0", "tile_size": unet_tile, "epochs": epochs,
                                          "pseudo_labels": method == "unet_pseudo"})
                     start = time.perf_counter()
                     entry = dlpixel.train(tmp, f"q_{method}", settings, overwrite=True)
@@ -190,7 +235,7 @@ def run(methods: list[str], seeds: list[int], epochs: int, images: list[str] | N
                     written = dlpixel.apply(tmp, f"q_{method}", {"output": "map", "scope": "image", **refine})
                     pred = tifffile.imread(next(p for p in written if str(p).endswith((".tif", ".tiff"))))
                     pred = pred[0] if pred.ndim == 3 else pred
-                    true = ious(pred, fg)
+                    true = ious(pred[scored], fg[scored])
                     meta = entry.metadata
                     v = meta.split if meta.split.get("method") == "by_objects" else {}
                     rows.append({"image": name, "seed": seed, "method": method, "iou_bg": true[0], "iou_fg": true[1],
@@ -199,11 +244,12 @@ def run(methods: list[str], seeds: list[int], epochs: int, images: list[str] | N
                                  "held_out": v.get("held_out_mean_iou"), "ci": v.get("held_out_ci95"),
                                  "expected": v.get("expected_mean_iou"),
                                  "rf_held_out": (v.get("baseline") or {}).get("held_out_mean_iou"),
-                                 "seconds": seconds, "fraction_fg": float((pred == 1).mean()),
-                                 "true_fraction_fg": float(fg.mean())})
+                                 "seconds": seconds, "fraction_fg": float((pred[scored] == 1).mean()),
+                                 "true_fraction_fg": float(fg[scored].mean()), "labels": labels,
+                                 "resolved": meta.architecture})
                     r = rows[-1]
-                    print(f"{name:15s} seed {seed} {method:9s} true IoU bg {r['iou_bg']:.3f} fg {r['iou_fg']:.3f} "
-                          f"mean {r['miou']:.3f} | forest fg {r['rf_fg']:.3f} mean {r['rf_miou']:.3f} | reported "
+                    print(f"{name:15s} seed {seed} {method:9s} ({meta.architecture}) true IoU bg {r['iou_bg']:.3f} "
+                          f"fg {r['iou_fg']:.3f} mean {r['miou']:.3f} | forest fg {r['rf_fg']:.3f} mean {r['rf_miou']:.3f} | reported "
                           f"{r['reported']:.3f} (held-out {r['held_out']} {r['ci']}, expected {r['expected']}, "
                           f"forest held-out {r['rf_held_out']}) | {seconds:.1f} s", flush=True)
     return rows
@@ -211,17 +257,22 @@ def run(methods: list[str], seeds: list[int], epochs: int, images: list[str] | N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=["features"],
-                        choices=["features", "features_prior", "features_plain", "unet", "unet_pseudo"],
-                        help="features: the defaults (prior correction, watershed refinement); features_prior: "
+    parser.add_argument("--methods", nargs="+", default=["default"],
+                        choices=["default", "features", "features_prior", "features_plain", "unet", "unet_pseudo"],
+                        help="default: every setting at its default (method auto; the method it chose is printed); "
+                        "features: method features (prior correction, watershed refinement); features_prior: "
                         "refine none; features_plain: prior_correction off and refine none; unet: lite0 on 256 px "
                         "tiles; unet_pseudo: the same with pseudo_labels on")
     parser.add_argument("--images", nargs="+", choices=["nuclei_fluo", "bacteria_phase"], help="default: both")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=30, help="U-Net epochs")
+    parser.add_argument("--unet-tile", type=int, default=256, help="U-Net tile size")
+    parser.add_argument("--labels", choices=["strokes", "dense"], default="strokes",
+                        help="strokes: 30 strokes per image (scored on the whole image); dense: every pixel of the "
+                        "top half labelled from the truth, objects outlined (scored on the bottom half)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
-    rows = run(args.methods, args.seeds, args.epochs, args.images)
+    rows = run(args.methods, args.seeds, args.epochs, args.images, args.labels, args.unet_tile)
     print("\nmeans over seeds")
     for name in dict.fromkeys(r["image"] for r in rows):
         for method in args.methods:

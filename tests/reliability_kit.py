@@ -22,7 +22,8 @@ from shapely.geometry import mapping
 
 SIZE = 64
 REPO = Path(__file__).resolve().parents[1]
-QUICK_TRAIN = ["--set", "epochs=1", "--set", "tile_size=32", "--set", "backbone=resnet18", "--set", "pretrained=false",
+QUICK_TRAIN = ["--set", "method=unet",
+               "--set", "epochs=1", "--set", "tile_size=32", "--set", "backbone=resnet18", "--set", "pretrained=false",
                "--set", "batch_size=2", "--set", "device=cpu", "--set", "num_workers=0", "--set", "freeze=none",
                "--set", "early_stop_patience=0"]
 

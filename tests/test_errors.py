@@ -17,7 +17,8 @@ from dlpixel.errors import TrainingError
 from dlpixel.projects import open_project
 from dlpixel.training.run import train_classifier
 
-QUICK = ["--set", "epochs=1", "--set", "tile_size=64", "--set", "backbone=resnet18", "--set", "pretrained=false"]
+QUICK = ["--set", "method=unet",
+         "--set", "epochs=1", "--set", "tile_size=64", "--set", "backbone=resnet18", "--set", "pretrained=false"]
 
 
 @pytest.fixture
@@ -94,12 +95,12 @@ def test_unknown_backbone_setting_key_and_bad_name(capsys, project):
 def test_missing_pretrained_weights_offline(capsys, project, tmp_path, monkeypatch):
     monkeypatch.setenv("DLPIXEL_WEIGHTS_DIR", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf"))
-    code, err = run(capsys, "--project", str(project), "--name", "x", "--set", "epochs=1", "--set",
-                    "tile_size=64", "--set", "backbone=resnet50_kather100k")
+    code, err = run(capsys, "--project", str(project), "--name", "x", "--set", "method=unet", "--set", "epochs=1",
+                    "--set", "tile_size=64", "--set", "backbone=resnet50_kather100k")
     assert code == 2 and err.count("\n") == 0 and "resnet50_kather100k" in err and str(tmp_path / "empty-cache") in err
     assert not store.classifiers_dir(project).exists()
-    code, err = run(capsys, "--project", str(project), "--name", "x", "--set", "epochs=1", "--set",
-                    "tile_size=64", "--set", "backbone=resnet18")
+    code, err = run(capsys, "--project", str(project), "--name", "x", "--set", "method=unet", "--set", "epochs=1",
+                    "--set", "tile_size=64", "--set", "backbone=resnet18")
     assert code == 2 and err.count("\n") == 0 and "resnet18" in err and "offline" in err.lower()
 
 
@@ -113,7 +114,7 @@ def test_loss_becoming_nan(project, monkeypatch):
         return lambda logits, target: loss(logits, target) * torch.tensor(math.nan)
 
     monkeypatch.setattr(losses, "build_loss", exploding)
-    cfg = TrainingConfig(epochs=1, tile_size=64, backbone="resnet18", pretrained=False)
+    cfg = TrainingConfig(method="unet", epochs=1, tile_size=64, backbone="resnet18", pretrained=False)
     with pytest.raises(TrainingError, match="became nan at epoch 1.*learning_rate"):
         train_classifier(open_project(project), "nan", cfg)
     assert not store.classifiers_dir(project).exists() or not any(store.classifiers_dir(project).iterdir())

@@ -57,7 +57,7 @@ def test_input_normalisation_is_the_same_at_training_and_inference() -> None:
 def test_a_pretrained_unet_stores_the_input_normalisation_of_its_weights(tmp_path) -> None:
     img, truth = synthetic_image(96)
     folder = write_folder_project(tmp_path / "p", {"s.tif": (img, strokes_from_truth(truth, per_class=6))})
-    cfg = TrainingConfig(backbone="efficientnet-lite0", tile_size=32, epochs=1, batch_size=4)
+    cfg = TrainingConfig(method="unet", backbone="efficientnet-lite0", tile_size=32, epochs=1, batch_size=4)
     entry = train_classifier(open_project(folder), "u", cfg)
     meta = entry.metadata
     assert meta.preprocessing.input_mean == [0.5, 0.5, 0.5] and meta.preprocessing.input_std == [0.5, 0.5, 0.5]
@@ -224,8 +224,8 @@ def test_on_sparse_strokes_the_unet_misplaces_object_boundaries_and_the_features
     folder = write_folder_project(tmp_path / "p", {"s.tif": (img, _short_strokes(truth))})
     found = {}
     for method, settings in (("features", {"method": "features"}),
-                             ("unet", {"backbone": "efficientnet-lite0", "tile_size": 64, "epochs": 15,
-                                       "batch_size": 4})):
+                             ("unet", {"method": "unet", "backbone": "efficientnet-lite0", "tile_size": 64,
+                                       "epochs": 15, "batch_size": 4})):
         entry = dlpixel.train(folder, method, settings)
         written = dlpixel.apply(folder, method, {"output": "map", "scope": "image"})
         pred = tifffile.imread(next(p for p in written if str(p).endswith((".tif", ".tiff"))))

@@ -19,7 +19,8 @@ def trained(tmp_path_factory):
     img, truth = synthetic_image()
     folder = write_folder_project(tmp_path_factory.mktemp("infer") / "project",
                                   {"synthetic.tif": (img, strokes_from_truth(truth))})
-    cfg = TrainingConfig(backbone="efficientnet-lite0", tile_size=64, epochs=25, batch_size=4, learning_rate=0.003,
+    cfg = TrainingConfig(method="unet", backbone="efficientnet-lite0", tile_size=64,
+                         epochs=25, batch_size=4, learning_rate=0.003,
                          early_stop_patience=0, line_stroke_width=3, tile_overlap=0)
     entry = train_classifier(open_project(folder), "seams", cfg)
     return folder, entry

@@ -12,7 +12,8 @@ from dlpixel.classifiers import store
 from dlpixel.cli.main import main
 
 
-FAST = ["--set", "backbone=efficientnet-lite0", "--set", "tile_size=64", "--set", "batch_size=4", "--quiet"]
+FAST = ["--set", "method=unet",
+        "--set", "backbone=efficientnet-lite0", "--set", "tile_size=64", "--set", "batch_size=4", "--quiet"]
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from qupath_kit import require_qupath, write_pyramid_tiff  # noqa: E402
 
 SIZE = 128
-FAST = ["tile_size=64", "epochs=1", "batch_size=4", "backbone=resnet18", "pretrained=false", "freeze=none",
+FAST = ["method=unet",
+        "tile_size=64", "epochs=1", "batch_size=4", "backbone=resnet18", "pretrained=false", "freeze=none",
         "num_workers=0", "mixed_precision=false", "line_stroke_width=3", "early_stop_patience=0", "device=cpu"]
 APPLY = ["--tile-size", "64", "--overlap", "16", "--batch-size", "4", "--device", "cpu", "--backend", "torch"]
 

@@ -214,9 +214,9 @@ def test_helper_in_the_script_editor_reports_progress_and_stops_on_cancel(shell,
     qp_project = open_qupath_project(project)
     image_data = qp_project.image("a.tif").read_image_data()
     register_bridge()
-    settings = {"tile_size": 64, "epochs": 4, "batch_size": 4, "backbone": "resnet18", "pretrained": False,
-                "freeze": "none", "num_workers": 0, "mixed_precision": False, "early_stop_patience": 0,
-                "device": "cpu", "line_stroke_width": 3}
+    settings = {"method": "unet", "tile_size": 64, "epochs": 4, "batch_size": 4, "backbone": "resnet18",
+                "pretrained": False, "freeze": "none", "num_workers": 0, "mixed_precision": False,
+                "early_stop_patience": 0, "device": "cpu", "line_stroke_width": 3}
     try:
         got = shell(LOAD + """
             qupath.lib.scripting.QP.setBatchProjectAndImage(project, imageData)

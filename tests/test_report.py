@@ -24,7 +24,8 @@ from dlpixel.data.preprocessing import Preprocessing
 from dlpixel.report.page import ReportSample, diagnose, pick_sample_tiles, write_report
 from PIL import Image
 
-TINY = {"backbone": "efficientnet-lite0", "tile_size": 64, "tile_overlap": 0, "epochs": 3, "early_stop_patience": 0,
+TINY = {"method": "unet",
+        "backbone": "efficientnet-lite0", "tile_size": 64, "tile_overlap": 0, "epochs": 3, "early_stop_patience": 0,
         "batch_size": 4, "learning_rate": 0.003, "line_stroke_width": 3}
 CHROMIUM = Path("/usr/bin/chromium")
 EPOCH_FIELDS = {"epoch", "epochs", "train_loss", "val_loss", "mean_iou", "per_class_iou", "pixel_accuracy",

@@ -19,6 +19,7 @@ from dlpixel.runtime.events import CancelToken
 from dlpixel.training.run import train_classifier
 
 FAST = {
+    "method": "unet",
     "backbone": "efficientnet-lite0",
     "tile_size": 64,
     "tile_overlap": 0,
@@ -153,7 +154,8 @@ def test_a_run_cancelled_during_training_keeps_the_best_epoch_so_far(synthetic_p
 
 def test_an_existing_classifier_is_kept_unless_overwrite(synthetic_project, capsys):
     folder, _, _ = synthetic_project
-    args = ["train", "--project", str(folder), "--name", "keep", "--set", "epochs=1", "--set", "tile_size=64",
+    args = ["train", "--project", str(folder), "--name", "keep", "--set", "method=unet", "--set", "epochs=1",
+            "--set", "tile_size=64",
             "--set", "backbone=resnet18", "--set", "pretrained=false", "--quiet"]
     assert main(args) == 0
     before = (store.classifier_dir(folder, "keep") / store.METADATA).read_text()

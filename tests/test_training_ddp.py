@@ -63,6 +63,10 @@ def test_two_processes_train_and_rank_0_alone_saves(synthetic_project):
     assert folders == ["ddp"]  # one classifier, no staging folder left by the other process
     meta = json.loads((folder / "classifiers" / "dl" / "ddp" / "metadata.json").read_text())
     assert meta["training"]["batch_size"] == 4 and meta["training"]["backbone"] == "resnet18"
+    # Left at auto, the method is the same in every process: several GPUs train a U-Net, whatever the labels.
+    assert meta["training"]["method"] == "unet" and meta["architecture"] == "unet"
+    assert meta["method_choice"] == {"setting": "auto", "method": "unet",
+                                     "reason": "training on several GPUs trains a U-Net"}
     history = json.loads((folder / "classifiers" / "dl" / "ddp" / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2]
     assert run.stdout.count("classifier 'ddp' saved") == 1

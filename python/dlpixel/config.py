@@ -22,6 +22,11 @@ from .errors import ConfigError
 MAX_CONTEXT_SCALE = 8
 """Largest ``context_scale``: each tile then reads a 64× larger area around it."""
 
+AUTO_UNET_PIXELS = 400_000
+"""``method: auto`` trains a U-Net above this many labelled pixels at the training resolution (all classes together)
+and a features classifier up to it: the most labelled pixels the features classifier fits its head on
+(``training.features.MAX_TRAIN_PIXELS``)."""
+
 NAME_PATTERN = re.compile(r"\A[A-Za-z0-9_-]{1,100}\Z")
 """A classifier name: no path separators, dots, spaces, control characters or trailing newline."""
 
@@ -43,7 +48,8 @@ BACKBONES: tuple[str, ...] = (
     "resnet50_tcga-brca",
 )
 """Encoders a U-Net can be built on. ``efficientnet-lite0`` has its ImageNet weights in a Python package, so it
-is the one pretrained encoder that works with no download (the demo uses it)."""
+is the one pretrained encoder that works with no download (the demo's U-Net, ``dlpixel demo --method unet``, uses
+it)."""
 
 
 class Scheduler(str, Enum):
@@ -139,12 +145,15 @@ class TrainingConfig(_Settings):
     description: str = ""
     # architecture
     architecture: Literal["unet"] = "unet"
-    method: Literal["unet", "features"] = "unet"
-    """``unet``: a U-Net on ``backbone``, trained on tiles over the annotations. ``features``: a per-pixel classifier
-    on a fixed multiscale filter bank (Gaussian, gradient magnitude, Laplacian of Gaussian, Hessian and
-    structure-tensor eigenvalues at 1, 2 and 4 px) with a linear head, trained on the labelled pixels in seconds on a
-    CPU and validated on whole annotations held out from training, beside a random-forest baseline; it ignores the
-    U-Net settings (backbone, epochs, freezing, augmentation)."""
+    method: Literal["auto", "unet", "features"] = "auto"
+    """``auto``: ``features`` when the annotations label at most 400,000 pixels at the training resolution (all
+    classes together; strokes and small regions), ``unet`` above that, and ``unet`` when fine-tuning
+    (``init_weights_from``) or training on several GPUs; the method trained is what the classifier records, so
+    ``--from-model`` trains it again. ``unet``: a U-Net on ``backbone``, trained on tiles over the annotations.
+    ``features``: a per-pixel classifier on a fixed multiscale filter bank (Gaussian, gradient magnitude, Laplacian
+    of Gaussian, Hessian and structure-tensor eigenvalues at 1, 2 and 4 px) with a linear head, trained on the
+    labelled pixels in seconds on a CPU and validated on whole annotations held out from training, beside a
+    random-forest baseline; it ignores the U-Net settings (backbone, epochs, freezing, augmentation)."""
     pseudo_labels: bool = False
     """U-Net only: before training, fit the features classifier on the training tiles' labels and add the unlabelled
     pixels of those tiles that it calls with probability >= 0.9 as extra labels (validation tiles are untouched), so

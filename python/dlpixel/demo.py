@@ -3,8 +3,9 @@
 The image is scikit-image's immunohistochemistry sample (IHC, DAB and haematoxylin, 512 × 512). The project ships
 sparse annotations for it (``data/ihc_demo.geojson``: short strokes and small regions of Tumor, Stroma and
 Background, as a QuPath user would draw them, and two unclassified regions to measure). The demo writes both into a
-folder project, trains a small U-Net on an encoder whose ImageNet weights come with a Python package (no download),
-applies it (class map, objects, measurements per region) and says where everything went.
+folder project, trains a classifier with the default ``method: auto`` (on these few strokes a features classifier;
+``method="unet"`` trains a small U-Net on an encoder whose ImageNet weights come with a Python package, no
+download), applies it (class map, objects, measurements per region) and says where everything went.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ DEMO_IMAGE = "ihc.tif"
 DEMO_CLASSIFIER = "ihc_demo"
 DEMO_SETTINGS: dict[str, Any] = {
     "description": "Tumor, stroma and background on scikit-image's IHC sample (dlpixel demo)",
+    # The U-Net settings below apply when the demo trains a U-Net (method unet); method stays at its default.
     "backbone": "efficientnet-lite0",
     "tile_size": 64,
     "tile_overlap": 25,
@@ -42,7 +44,8 @@ def write_demo_project(folder: Path) -> Path:
     return folder
 
 
-def run_demo(out: Path, epochs: int | None = None, listener: Any = None, cancel: CancelToken | None = None) -> int:
+def run_demo(out: Path, epochs: int | None = None, listener: Any = None, cancel: CancelToken | None = None,
+             method: str | None = None) -> int:
     from .projects import open_project
     from .training.run import train_classifier
 
@@ -50,6 +53,8 @@ def run_demo(out: Path, epochs: int | None = None, listener: Any = None, cancel:
     settings = dict(DEMO_SETTINGS)
     if epochs is not None:
         settings["epochs"] = epochs
+    if method is not None:
+        settings["method"] = method
     cfg = TrainingConfig(**settings)
     project = open_project(project_dir)
     listeners = [listener] if listener is not None else []
@@ -60,11 +65,26 @@ def run_demo(out: Path, epochs: int | None = None, listener: Any = None, cancel:
     print()
     print(f"project:    {project_dir}  (image {DEMO_IMAGE}, annotations {DEMO_IMAGE}.geojson)")
     print(f"classifier: {entry.path}")
-    print(f"validation mean IoU {results.mean_iou:.3f} (best epoch {results.best_epoch} of {results.epochs_run}; "
-          + ", ".join(f"{k} {v:.3f}" for k, v in results.per_class_iou.items() if v is not None) + ")")
+    print(result_line(entry.metadata))
     written = _apply_demo(project, entry.name, listeners)
     print(next_steps(project_dir, entry.path, written))
     return 0
+
+
+def result_line(meta: Any) -> str:
+    """The method trained and its validation figure: a features classifier's estimate on held-out annotations
+    beside the random forest's on the same split, or a U-Net's best epoch."""
+    from .report.page import method_line
+
+    results = meta.results
+    per_class = ", ".join(f"{k} {v:.3f}" for k, v in results.per_class_iou.items() if v is not None)
+    if meta.architecture == "features":
+        base = (meta.split.get("baseline") or {}).get("held_out_mean_iou")
+        forest = f"; random forest on the same split {base:.3f}" if base is not None else ""
+        return (f"method:     {method_line(meta)}\nvalidation mean IoU {results.mean_iou:.3f} on held-out annotations "
+                f"({per_class}{forest})")
+    return (f"method:     {method_line(meta)}\nvalidation mean IoU {results.mean_iou:.3f} (best epoch "
+            f"{results.best_epoch} of {results.epochs_run}; {per_class})")
 
 
 def next_steps(project_dir: Path, classifier_dir: Path, written: list[Path]) -> str:

@@ -77,6 +77,10 @@ class ClassifierMetadata(BaseModel):
     description: str = ""
     created: str = Field(default_factory=lambda: datetime.now().astimezone().isoformat(timespec="seconds"))
     architecture: Literal["unet", "features", "custom_onnx"] = "unet"
+    method_choice: dict[str, Any] = Field(default_factory=dict)
+    """How the method was chosen: ``setting`` (``auto``, ``unet`` or ``features``), ``method`` (what was trained),
+    ``reason`` (one line) and, for ``auto``, the ``labelled_pixels`` per class and the ``threshold`` of its rule.
+    Empty for classifiers trained before ``method: auto`` existed and for imported ones."""
     backbone: str | None = None
     input_channels: list[str]
     """Names of the model's input channels in order (context channels are the same names again)."""

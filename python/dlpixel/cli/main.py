@@ -47,9 +47,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if (args.gpus or 1) > 1 and "WORLD_SIZE" not in os.environ:
         from ..training.distributed import launch, without_gpus_flag
 
-        if cfg.method != "unet":
+        if cfg.method == "features":
             raise ConfigError(f"--gpus trains a U-Net on several GPUs; method '{cfg.method}' trains in one process: "
                               "leave --gpus out")
+        # With method auto every process decides the same way: several GPUs train a U-Net (training.method).
         return launch(args.gpus, without_gpus_flag(args.argv))
     name = args.name or default_name
     if not name:
@@ -261,7 +262,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except OSError as err:
         raise ConfigError(f"cannot create the demo folder {out} ({err.strerror or err}); choose another "
                           "--out") from None
-    return run_demo(out, epochs=args.epochs, listener=listener_for(args), cancel=cancel_on_sigint())
+    return run_demo(out, epochs=args.epochs, listener=listener_for(args), cancel=cancel_on_sigint(),
+                    method=args.method)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,11 +275,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train (and apply) a classifier on a bundled sample image; no QuPath needed")
     p.add_argument("--out", default="dlpixel-demo", help="folder for the demo project and its results")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's own)")
+    p.add_argument("--method", choices=["auto", "unet", "features"], default=None,
+                   help="what to train (default auto: a features classifier on the demo's strokes; unet: a small "
+                   "U-Net)")
+    p.add_argument("--epochs", type=int, default=None, help="U-Net training epochs (default: the demo's own)")
     add_progress_flags(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("train", help="train a pixel classifier on a project's annotations")
+    p = sub.add_parser("train", help="train a pixel classifier on a project's annotations",
+                       description="Train a pixel classifier on a project's classified annotations. With the default "
+                       "method auto, annotations that label at most 400,000 pixels (strokes, small regions) train a "
+                       "features classifier in seconds and more train a U-Net; --set method=unet or method=features "
+                       "chooses. --help-settings lists every setting.")
     add_project_flags(p, required=False)
     p.add_argument("--name", help="classifier name (letters, digits, '_' and '-')")
     p.add_argument("--image", action="append", help="image to train on (repeat; default: every annotated image)")
@@ -286,12 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-model", metavar="NAME", help="start from every setting of this classifier (not its "
                    "weights: see --init-weights-from)")
     p.add_argument("--init-weights-from", metavar="NAME",
-                   help="fine-tune: the model starts from this classifier's trained weights (same backbone and input "
-                   "channels; with other classes its output layer starts afresh)")
+                   help="fine-tune a U-Net: the model starts from this classifier's trained weights (same backbone "
+                   "and input channels; with other classes its output layer starts afresh); method auto then trains "
+                   "a U-Net")
     p.add_argument("--overwrite", action="store_true", help="replace an existing classifier of the same name")
     p.add_argument("--help-settings", action="store_true", help="list every setting with its default")
-    p.add_argument("--gpus", type=int, help="train on N GPUs with torch DDP, one process each (torchrun); "
-                   "batch_size is per GPU (docs/SCALING.md)")
+    p.add_argument("--gpus", type=int, help="train a U-Net on N GPUs with torch DDP, one process each (torchrun; "
+                   "method auto then trains a U-Net); batch_size is per GPU (docs/SCALING.md)")
     add_progress_flags(p)
     p.set_defaults(func=cmd_train)
 

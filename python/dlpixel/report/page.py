@@ -51,9 +51,23 @@ class ReportSample:
     caption: str = ""
 
 
-def changed_settings(cfg: TrainingConfig) -> list[tuple[str, Any, Any]]:
-    """``(key, value, default)`` for every training setting that differs from its default; nested keys dotted."""
+def method_line(meta: ClassifierMetadata) -> str:
+    """The method trained and why, e.g. ``features (auto: 4,321 labelled pixels, at most 400,000: ...)``; for a
+    classifier trained before ``method_choice`` was recorded, or imported, just its architecture."""
+    choice = meta.method_choice
+    if not choice:
+        return meta.architecture
+    if choice.get("setting") == "auto":
+        return f"{choice.get('method', meta.architecture)} (auto: {choice.get('reason', '')})"
+    return f"{choice.get('method', meta.architecture)} (set)"
+
+
+def changed_settings(cfg: TrainingConfig, meta: ClassifierMetadata | None = None) -> list[tuple[str, Any, Any]]:
+    """``(key, value, default)`` for every training setting that differs from its default; nested keys dotted.
+    With ``meta``, a ``method`` that ``auto`` chose is not listed (``method_line`` says it)."""
     default = TrainingConfig()
+    if meta is not None and meta.method_choice.get("setting") == "auto":
+        default = default.model_copy(update={"method": cfg.method})
     out: list[tuple[str, Any, Any]] = []
 
     def walk(model: Any, base: Any, prefix: str) -> None:
@@ -208,7 +222,8 @@ def _class_tables(meta: ClassifierMetadata) -> str:
 
 def _settings(meta: ClassifierMetadata) -> str:
     r = meta.results
-    run = [("images", ", ".join(meta.images)), ("backbone", f"{meta.architecture} {meta.backbone or ''}"),
+    run = [("images", ", ".join(meta.images)), ("method", method_line(meta)),
+           ("backbone", f"{meta.architecture} {meta.backbone or ''}"),
            ("pretrained weights", meta.weights.source if meta.weights else "none"),
            ("frozen encoder blocks", ", ".join(meta.frozen_blocks) or "none"),
            ("input channels", ", ".join(meta.input_channels)),
@@ -220,7 +235,7 @@ def _settings(meta: ClassifierMetadata) -> str:
     out = _table("run", "Run", [], rows)
     if meta.training is None:
         return out + "<p>No training settings were recorded.</p>"
-    changed = changed_settings(meta.training)
+    changed = changed_settings(meta.training, meta)
     rows = [f'<th scope="row">{_e(k)}</th>' + _td(_show(v), _json_safe(_plain(v))) + _td(_show(d), _plain(d))
             for k, v, d in changed]
     if not rows:
@@ -362,6 +377,7 @@ def summary_text(meta: ClassifierMetadata, folder: Path) -> str:
     and where its files are (``dlpixel models show``)."""
     lines = [f"{meta.name}" + (f": {meta.description}" if meta.description else ""),
              f"  created      {meta.created}",
+             f"  method       {method_line(meta)}",
              f"  model        {meta.architecture} {meta.backbone or ''}".rstrip()
              + (f", frozen encoder blocks: {', '.join(meta.frozen_blocks)}" if meta.frozen_blocks else ""),
              f"  weights      {meta.weights.source if meta.weights else 'no pretrained weights'}",
@@ -376,7 +392,7 @@ def summary_text(meta: ClassifierMetadata, folder: Path) -> str:
                      f"validation ({split.get('method', '?')} split)")
     lines += ["  validation   " + line for line in validation_lines(meta)]
     if meta.training is not None:
-        changed = changed_settings(meta.training)
+        changed = changed_settings(meta.training, meta)
         lines.append("  settings     " + ("all defaults" if not changed else "differ from the defaults:"))
         lines += [f"    {k} = {_show(v)}  (default {_show(d)})" for k, v, d in changed]
     r = meta.results

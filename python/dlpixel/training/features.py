@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import TrainingConfig
+from ..config import AUTO_UNET_PIXELS, TrainingConfig
 from ..data.patches import UNLABELLED, PatchCache
 from ..errors import DataError
 from ..runtime.events import CancelToken, Emitter
@@ -27,8 +27,8 @@ from . import objects
 HEAD_STEPS = 300
 HEAD_LEARNING_RATE = 0.01
 HEAD_WEIGHT_DECAY = 1e-3
-MAX_TRAIN_PIXELS = 400_000
-"""At most this many training pixels (drawn at random) fit the head."""
+MAX_TRAIN_PIXELS = AUTO_UNET_PIXELS
+"""At most this many training pixels (drawn at random) fit the head; ``method: auto`` trains a U-Net above it."""
 
 
 @dataclass

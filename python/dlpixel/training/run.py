@@ -28,6 +28,7 @@ from ..data.preprocessing import Preprocessing, dataset_stats, image_stats, reso
 from ..errors import ConfigError, DataError
 from ..runtime.events import CancelToken, Emitter, Listener
 from . import distributed
+from .method import MethodChoice, choose_method
 
 if TYPE_CHECKING:
     from ..data.patches import PatchCache
@@ -169,7 +170,7 @@ def train_classifier(
         from .init_weights import check_start_classifier
 
         check_start_classifier(project.root, init_weights_from, cfg)
-    elif cfg.pretrained and getattr(cfg, "method", "unet") == "unet":
+    elif cfg.pretrained and cfg.method == "unet":
         from ..models.pretrained import ensure_available
 
         ensure_available(cfg.backbone)  # before any tile is read: missing weights are one line at once
@@ -178,13 +179,29 @@ def train_classifier(
         emit("stage", stage="reading", message="reading images and annotations")
         data = gather_training_data(project, image_names, cfg, match_classes)
         try:
+            cfg, choice = resolve_method(cfg, data, emit, init_weights_from)
             cfg, pre, cache = _extract(data, cfg, emit, cancel)
         finally:
             for src in data.sources:
                 src.close()
         names = [im.name for im in data.images]
         return _train_and_save(project, name, cfg, data, names, pre, cache, overwrite, emit, cancel,
-                               init_weights_from)
+                               init_weights_from, choice)
+
+
+def resolve_method(cfg: TrainingConfig, data: TrainingData, emit: Emitter, init_weights_from: str | None = None
+                   ) -> tuple[TrainingConfig, MethodChoice]:
+    """The settings with ``method`` as trained (``auto`` decided from the labels) and the choice, said in one log
+    line (its event also carries ``method`` and ``method_setting``)."""
+    choice = choose_method(cfg, data.shapes, data.classes, init_weights_from, distributed.is_distributed())
+    emit("log", level="info", message=choice.line(), method=choice.method, method_setting=choice.setting)
+    if cfg.method == choice.method:
+        return cfg, choice
+    if choice.method == "unet" and cfg.pretrained and not init_weights_from:
+        from ..models.pretrained import ensure_available
+
+        ensure_available(cfg.backbone)  # before any tile is read
+    return cfg.model_copy(update={"method": choice.method}), choice
 
 
 def _extract(data: TrainingData, cfg: TrainingConfig, emit: Emitter, cancel: CancelToken) -> tuple[
@@ -275,10 +292,13 @@ def check_split_classes(classes: Sequence[str], train_counts: np.ndarray, val_co
 
 def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: TrainingData, names: list[str],
                     pre: Preprocessing, cache: PatchCache, overwrite: bool, emit: Emitter,
-                    cancel: CancelToken, init_weights_from: str | None = None) -> store.ClassifierEntry:
-    """Split the tiles, build and train the model, and save the classifier folder."""
+                    cancel: CancelToken, init_weights_from: str | None,
+                    choice: MethodChoice) -> store.ClassifierEntry:
+    """Split the tiles, build and train the model (``cfg.method`` as ``resolve_method`` settled it), and save the
+    classifier folder."""
     if cfg.method == "features":
-        return _train_features_and_save(project, name, cfg, data, names, pre, cache, overwrite, emit, cancel)
+        return _train_features_and_save(project, name, cfg, data, names, pre, cache, overwrite, emit, cancel,
+                                        choice)
     from ..models.factory import create_model, freeze_blocks, resolve_freeze
     from ..models.onnx import export_onnx
     from .losses import class_weights_from_counts
@@ -329,6 +349,7 @@ def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: Trai
     meta = ClassifierMetadata(
         **_shared_fields(name, cfg, data, pre, names, emit),
         architecture="unet",
+        method_choice=choice.record(),
         backbone=cfg.backbone,
         split={**split.record(), **({"baseline": baseline} if baseline else {})},
         labelled_pixels={"train": dict(zip(data.classes, map(int, train_counts))),
@@ -395,7 +416,7 @@ def _tile_baseline(cache: PatchCache, split, classes: list[str], seed: int, emit
 
 def _train_features_and_save(project: Project, name: str, cfg: TrainingConfig, data: TrainingData, names: list[str],
                              pre: Preprocessing, cache: PatchCache, overwrite: bool, emit: Emitter,
-                             cancel: CancelToken) -> store.ClassifierEntry:
+                             cancel: CancelToken, choice: MethodChoice) -> store.ClassifierEntry:
     """``method: features``: hold out whole annotations, fit the features classifier and the random-forest
     baseline on the rest, and save the classifier folder."""
     from ..models.onnx import export_onnx
@@ -414,6 +435,7 @@ def _train_features_and_save(project: Project, name: str, cfg: TrainingConfig, d
     meta = ClassifierMetadata(
         **_shared_fields(name, cfg, data, pre, names, emit),
         architecture="features",
+        method_choice=choice.record(),
         backbone=None,
         split=validation,
         labelled_pixels={"train": dict(zip(data.classes, map(int, result.train_counts))),  # type: ignore[arg-type]
