@@ -196,8 +196,26 @@ def baseline_map(image: np.ndarray, strokes: list[tuple[int, np.ndarray]], seed:
     return random_forest_baseline([x], [labels], seed)(x)
 
 
+def enlarged(image: np.ndarray, truth: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The image and its truth repeated (mirrored, so no seam) to ``size`` × ``size``; each copy's objects keep
+    their own instance numbers."""
+    reps = -(-size // image.shape[0]), -(-size // image.shape[1])
+    rows_img, rows_truth = [], []
+    top = int(truth.max()) + 1
+    for i in range(reps[0]):
+        row_img, row_truth = [], []
+        for j in range(reps[1]):
+            flip = (slice(None, None, -1 if i % 2 else 1), slice(None, None, -1 if j % 2 else 1))
+            row_img.append(image[flip])
+            copy = truth[flip].astype(np.int64)
+            row_truth.append(np.where(copy > 0, copy + (i * reps[1] + j) * top, 0))
+        rows_img.append(np.concatenate(row_img, 1))
+        rows_truth.append(np.concatenate(row_truth, 1))
+    return np.concatenate(rows_img, 0)[:size, :size], np.concatenate(rows_truth, 0)[:size, :size]
+
+
 def run(methods: list[str], seeds: list[int], epochs: int, images: list[str] | None = None,
-        labels: str = "strokes", unet_tile: int = 256) -> list[dict]:
+        labels: str = "strokes", unet_tile: int = 256, size: int | None = None) -> list[dict]:
     import dlpixel
     import torch
 
@@ -206,6 +224,8 @@ def run(methods: list[str], seeds: list[int], epochs: int, images: list[str] | N
     for name, (image, truth) in load_images().items():
         if images and name not in images:
             continue
+        if size:
+            image, truth = enlarged(image, truth, size)
         fg = truth > 0
         # Dense labels cover the top half, which is then left out of the score.
         scored = slice(image.shape[0] // 2, None) if labels == "dense" else slice(None)
@@ -232,7 +252,9 @@ def run(methods: list[str], seeds: list[int], epochs: int, images: list[str] | N
                     entry = dlpixel.train(tmp, f"q_{method}", settings, overwrite=True)
                     seconds = time.perf_counter() - start
                     refine = {"refine": "none"} if method in ("features_plain", "features_prior") else {}
+                    start = time.perf_counter()
                     written = dlpixel.apply(tmp, f"q_{method}", {"output": "map", "scope": "image", **refine})
+                    apply_seconds = time.perf_counter() - start
                     pred = tifffile.imread(next(p for p in written if str(p).endswith((".tif", ".tiff"))))
                     pred = pred[0] if pred.ndim == 3 else pred
                     true = ious(pred[scored], fg[scored])
@@ -244,14 +266,16 @@ def run(methods: list[str], seeds: list[int], epochs: int, images: list[str] | N
                                  "held_out": v.get("held_out_mean_iou"), "ci": v.get("held_out_ci95"),
                                  "expected": v.get("expected_mean_iou"),
                                  "rf_held_out": (v.get("baseline") or {}).get("held_out_mean_iou"),
-                                 "seconds": seconds, "fraction_fg": float((pred[scored] == 1).mean()),
+                                 "seconds": seconds, "apply_seconds": apply_seconds,
+                                 "image_px": f"{image.shape[1]}x{image.shape[0]}", "fraction_fg": float((pred[scored] == 1).mean()),
                                  "true_fraction_fg": float(fg[scored].mean()), "labels": labels,
                                  "resolved": meta.architecture})
                     r = rows[-1]
                     print(f"{name:15s} seed {seed} {method:9s} ({meta.architecture}) true IoU bg {r['iou_bg']:.3f} "
                           f"fg {r['iou_fg']:.3f} mean {r['miou']:.3f} | forest fg {r['rf_fg']:.3f} mean {r['rf_miou']:.3f} | reported "
                           f"{r['reported']:.3f} (held-out {r['held_out']} {r['ci']}, expected {r['expected']}, "
-                          f"forest held-out {r['rf_held_out']}) | {seconds:.1f} s", flush=True)
+                          f"forest held-out {r['rf_held_out']}) | train {seconds:.1f} s, apply {apply_seconds:.1f} s "
+                          f"({r['image_px']})", flush=True)
     return rows
 
 
@@ -270,9 +294,11 @@ def main() -> None:
     parser.add_argument("--labels", choices=["strokes", "dense"], default="strokes",
                         help="strokes: 30 strokes per image (scored on the whole image); dense: every pixel of the "
                         "top half labelled from the truth, objects outlined (scored on the bottom half)")
+    parser.add_argument("--size", type=int, help="repeat each image (mirrored) to SIZE x SIZE pixels, e.g. 1024 "
+                        "for a megapixel: the training and apply time of larger images, on real content")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
-    rows = run(args.methods, args.seeds, args.epochs, args.images, args.labels, args.unet_tile)
+    rows = run(args.methods, args.seeds, args.epochs, args.images, args.labels, args.unet_tile, args.size)
     print("\nmeans over seeds")
     for name in dict.fromkeys(r["image"] for r in rows):
         for method in args.methods:
