@@ -238,6 +238,25 @@ def test_on_sparse_strokes_the_unet_misplaces_object_boundaries_and_the_features
     assert iou_unet <= 0.65 and abs(ratio_unet - 1) >= 0.25, found
 
 
+def test_held_out_annotations_that_are_all_right_are_reported_as_not_checking_the_borders(tmp_path):
+    """Strokes 4 px or more inside bright discs and 10 px or more outside them: every held-out stroke pixel is an
+    easy one, so the held-out interval collapses to [1, 1]; the report says that this checks nothing at the
+    borders and that the figure given is the label-free one."""
+    import dlpixel
+    from dlpixel.classifiers.store import load_classifier
+    from dlpixel.report.page import summary_text
+
+    img, truth = _discs(seed=0)
+    folder = write_folder_project(tmp_path / "p", {"s.tif": (img, _short_strokes(truth))})
+    entry = dlpixel.train(folder, "f", {"method": "features", "seed": 0})
+    v = entry.metadata.split
+    assert v["held_out_mean_iou"] == 1.0 and v["held_out_ci95"] == [1.0, 1.0]
+    assert v["reported_mean_iou"] == v["expected_mean_iou"]
+    notes = [w for w in v["warnings"] if "cannot show how good the map is away from them" in w]
+    assert len(notes) == 1 and f"all {sum(v['objects']['val'].values())} held-out annotations" in notes[0]
+    assert "cannot show how good the map is" in summary_text(entry.metadata, load_classifier(folder, "f").path)
+
+
 def test_pseudo_labels_fill_only_unlabelled_pixels_of_training_tiles_where_confident() -> None:
     from dlpixel.config import TrainingConfig
     from dlpixel.data.patches import PatchCache, TileRef
