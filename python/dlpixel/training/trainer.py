@@ -8,7 +8,6 @@ device and reads it once per epoch.
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 import time
@@ -97,6 +96,13 @@ class EpochSampler(torch.utils.data.Sampler):
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
+
+
+def _epoch_batches(loader: DataLoader, dataset: PatchDataset, epoch: int) -> Any:
+    """The loader's iterator for ``epoch``: with workers, they start fetching its first batches at once."""
+    dataset.epoch = epoch
+    distributed.set_epoch(loader, epoch)
+    return iter(loader)
 
 
 def inputs_on_device(cache: PatchCache, cfg: TrainingConfig, device: torch.device) -> bool:
@@ -272,7 +278,10 @@ def fit(
     generator = torch.Generator().manual_seed(cfg.seed)
     sampler = distributed.train_sampler(train_ds, cfg.seed)  # batch_size is per process (per GPU)
     if sampler is None:
-        sampler = torch.utils.data.RandomSampler(train_ds, generator=generator)
+        # A generator of its own: the DataLoader draws its workers' base seed from ``generator`` once per iterator
+        # without workers but once per run with persistent ones, which would shift the order between the two.
+        order = torch.Generator().manual_seed(cfg.seed)
+        sampler = torch.utils.data.RandomSampler(train_ds, generator=order)
     pin = device.type == "cuda"
     batch = min(cfg.batch_size, len(train_ds))
     workers = resolve_workers(cfg, device)
@@ -302,16 +311,17 @@ def fit(
          f"{len(val_ds)} for validation)", device=device.type, precision=precision_name(amp))
     cancel.check()  # cancelled before any epoch: nothing to keep
     try:
+        batches = None
         for epoch in range(1, cfg.epochs + 1):
             set_train_mode(model, frozen_blocks)
-            train_ds.epoch = epoch
-            distributed.set_epoch(train_loader, epoch)
+            if batches is None:
+                batches = _epoch_batches(train_loader, train_ds, epoch)
             running = torch.zeros((), dtype=torch.float32, device=device)
             window = torch.zeros((), dtype=torch.float32, device=device)
             seen, window_n, n_batches = 0, 0, len(train_loader)
             # A cancel (the first Ctrl-C, QuPath's Cancel) ends the run after this epoch and keeps the best one;
             # a second Ctrl-C raises KeyboardInterrupt here and nothing is written.
-            for step, batch_in in enumerate(train_loader, 1):
+            for step, batch_in in enumerate(batches, 1):
                 x, y = prepare(batch_in)
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
@@ -342,6 +352,8 @@ def fit(
                     window_n = 0
             train_loss = float(running) / max(seen, 1)
             distributed.sync_buffers(model)
+            # The workers start on the next epoch's tiles while this one is validated (no gap at its start).
+            batches = _epoch_batches(train_loader, train_ds, epoch + 1) if epoch < cfg.epochs and workers else None
             val_loss, cm = evaluate(net, val_loader, loss_fn, n_classes, device, amp, prepare)
             ious = cm.iou_per_class()
             mean_iou = float(cm.mean_iou())
@@ -354,7 +366,7 @@ def fit(
             improved = (metric > best_metric + 1e-6) if maximise else (metric < best_metric - 1e-6)
             if improved or best_state is None:
                 best_metric, best_epoch, since_best = metric, epoch, 0
-                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                 best_cm = cm
             else:
                 since_best += 1
