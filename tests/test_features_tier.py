@@ -232,10 +232,31 @@ def test_on_sparse_strokes_the_unet_misplaces_object_boundaries_and_the_features
         called = (pred[0] if pred.ndim == 3 else pred) == entry.metadata.class_names.index("Object")
         found[method] = (float((called & (truth == 1)).sum() / (called | (truth == 1)).sum()),
                          float(called.mean()) / float((truth == 1).mean()))
+        found[method + "_meta"] = entry.metadata
     iou_features, ratio_features = found["features"]
     iou_unet, ratio_unet = found["unet"]
     assert iou_features >= 0.75 and 0.8 <= ratio_features <= 1.35, found
     assert iou_unet <= 0.65 and abs(ratio_unet - 1) >= 0.25, found
+    # The U-Net reports the lower of its tile validation and its label-free agreement with the forest.
+    meta = found["unet_meta"]
+    v = meta.split
+    agree = v["agreement_with_forest"]
+    assert agree["tiles"] >= 1 and agree["pixels"] == agree["tiles"] * 64 * 64
+    assert v["reported_mean_iou"] == pytest.approx(min(v["tile_mean_iou"], agree["mean_iou"]), abs=1e-4)
+    assert meta.results.mean_iou == pytest.approx(v["reported_mean_iou"], abs=1e-4)
+
+
+def test_agreement_of_two_maps_counts_every_pixel() -> None:
+    from dlpixel.training.baseline import agreement
+
+    forest = [np.array([[0, 0, 1, 1]], np.uint8), np.array([[0, 0, 0, 2]], np.uint8)]
+    unet = [np.array([[0, 1, 1, 1]], np.uint8), np.array([[0, 0, 0, 2]], np.uint8)]
+    got = agreement(forest, unet, ["Background", "Object", "Ignore*"])
+    # Background: 4 agree, 1 only in the forest's -> 4/5; Object: 2 agree, 1 only in the U-Net's -> 2/3.
+    assert got["mean_iou"] == pytest.approx(round((4 / 5 + 2 / 3) / 2, 4))
+    assert got["shares"] == {"Background": 0.5, "Object": 0.375, "Ignore*": 0.125}
+    assert got["reference_shares"] == {"Background": 0.625, "Object": 0.25, "Ignore*": 0.125}
+    assert got["pixels"] == 8
 
 
 def test_held_out_annotations_that_are_all_right_are_reported_as_not_checking_the_borders(tmp_path):

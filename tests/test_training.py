@@ -76,7 +76,13 @@ def test_training_on_sparse_strokes_records_what_it_did(synthetic_project):
     assert pred.shape == truth.shape and set(np.unique(pred)) <= {0, 1, 2}
     assert meta.results is not None and 0 < meta.results.mean_iou <= 1
     history = json.loads((entry.path / store.HISTORY).read_text())
-    assert len(history) == FAST["epochs"] and history[meta.results.best_epoch - 1]["mean_iou"] == meta.results.mean_iou
+    assert len(history) == FAST["epochs"]
+    # The best epoch's tile validation, and the reported figure: the lower of it and the label-free agreement with
+    # the forest over whole validation tiles.
+    agree = meta.split["agreement_with_forest"]
+    assert meta.split["tile_mean_iou"] == pytest.approx(history[meta.results.best_epoch - 1]["mean_iou"], abs=1e-4)
+    assert meta.results.mean_iou == pytest.approx(min(meta.split["tile_mean_iou"], agree["mean_iou"]), abs=1e-4)
+    assert agree["tiles"] >= 1 and abs(sum(agree["shares"].values()) - 1) < 1e-3
     assert meta.split["method"] == "by_blocks" and meta.split["val_tiles"] > 0
     assert set(meta.labelled_pixels["val"]) == set(meta.class_names)
     assert {e["event"] for e in events} >= {"stage", "extract", "batch", "epoch", "done"}
@@ -144,7 +150,10 @@ def test_a_run_cancelled_during_training_keeps_the_best_epoch_so_far(synthetic_p
     assert r.stopped_by_user and not r.stopped_early and r.epochs_run == 2 and r.best_epoch in (1, 2)
     history = json.loads((entry.path / store.HISTORY).read_text())
     assert [row["epoch"] for row in history] == [1, 2]
-    assert r.mean_iou == history[r.best_epoch - 1]["mean_iou"] == max(row["mean_iou"] for row in history)
+    best = history[r.best_epoch - 1]["mean_iou"]
+    assert best == max(row["mean_iou"] for row in history)
+    assert entry.metadata.split["tile_mean_iou"] == pytest.approx(best, abs=1e-4)
+    assert r.mean_iou == pytest.approx(min(best, entry.metadata.split["agreement_with_forest"]["mean_iou"]), abs=1e-4)
     from dlpixel.report.page import summary_text, write_report
 
     assert f"best epoch {r.best_epoch} of 2 (stopped by the user)" in summary_text(entry.metadata, entry.path)

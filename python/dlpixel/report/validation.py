@@ -18,7 +18,16 @@ def validation_lines(meta: ClassifierMetadata) -> list[str]:
         base = v["baseline"]
         per = ", ".join(f"{c} {_f(base.get('per_class_iou', {}).get(c))}" for c in meta.class_names)
         mean = _f(base.get("val_mean_iou"))
-        return [f"random-forest baseline on the same validation tiles: mean IoU {mean} ({per})"]
+        lines = [f"random-forest baseline on the same validation tiles: mean IoU {mean} ({per})"]
+        agree = v.get("agreement_with_forest") or {}
+        if agree:
+            shares = ", ".join(f"{c} {_f(agree['shares'].get(c))} / {_f(agree['reference_shares'].get(c))}"
+                               for c in meta.class_names)
+            lines.append(f"label-free agreement of the map with the forest's over every pixel of the validation "
+                         f"tiles: mean IoU {_f(agree.get('mean_iou'))} (share called each class, U-Net / forest: "
+                         f"{shares}); tile validation {_f(v.get('tile_mean_iou'))}; reported estimate (the lower) "
+                         f"{_f(v.get('reported_mean_iou'))}")
+        return lines + [f"warning: {w}" for w in v.get("warnings", [])]
     if not v or v.get("method") != "by_objects":
         return []
     lo, hi = v.get("held_out_ci95") or [None, None]

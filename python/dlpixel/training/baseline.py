@@ -59,9 +59,32 @@ def random_forest_baseline(inputs: Sequence[np.ndarray], train_masks: Sequence[n
     return predict
 
 
-def baseline_on_tiles(cache, train_tiles, val_tiles, classes: Sequence[str], seed: int) -> dict:
+def agreement(reference: Sequence[np.ndarray], maps: Sequence[np.ndarray], classes: Sequence[str]) -> dict:
+    """How far a model's class maps agree with a reference's over every pixel (labelled or not): the mean IoU of the
+    one against the other over the scored classes, and each map's share of every class. No label enters it."""
+    from .objects import miou, scored_classes
+
+    k = len(classes)
+    confusion = np.zeros((k, k), np.int64)
+    for ref, got in zip(reference, maps):
+        np.add.at(confusion, (ref.reshape(-1).astype(np.int64), got.reshape(-1).astype(np.int64)), 1)
+    mean, _ = miou(confusion, scored_classes(list(classes)))
+    total = max(int(confusion.sum()), 1)
+    return {"mean_iou": None if np.isnan(mean) else round(float(mean), 4),
+            "shares": {c: round(float(v) / total, 4) for c, v in zip(classes, confusion.sum(0))},
+            "reference_shares": {c: round(float(v) / total, 4) for c, v in zip(classes, confusion.sum(1))},
+            "pixels": int(confusion.sum())}
+
+
+AGREEMENT_TILES = 16
+"""Validation tiles (at most, evenly spread) over which a U-Net's map is compared with the forest's."""
+
+
+def baseline_on_tiles(cache, train_tiles, val_tiles, classes: Sequence[str], seed: int,
+                      maps: dict | None = None) -> dict:
     """The forest fitted on the training tiles' labels and scored on the validation tiles' labels (the U-Net's own
-    split): mean IoU over the scored classes and IoU per class, for ``metadata.split['baseline']``."""
+    split): mean IoU over the scored classes and IoU per class, for ``metadata.split['baseline']``. ``maps``, when
+    given, receives the forest's whole class map of up to ``AGREEMENT_TILES`` validation tiles, by tile index."""
     from .objects import miou, scored_classes
 
     if not len(train_tiles) or not len(val_tiles):
@@ -70,11 +93,18 @@ def baseline_on_tiles(cache, train_tiles, val_tiles, classes: Sequence[str], see
                                      seed)
     k = len(classes)
     confusion = np.zeros((k, k), np.int64)
+    step = max(1, -(-len(val_tiles) // AGREEMENT_TILES))
+    whole_tiles = set(list(val_tiles)[::step]) if maps is not None else set()
     for i in val_tiles:
         truth = cache.masks[i].reshape(-1)
         where = truth != 255
-        if where.any():
+        if i in whole_tiles:
+            whole = predict(cache.input(i))
+            maps[i] = whole  # type: ignore[index]
+            pred = whole.reshape(-1)
+        elif where.any():
             pred = predict(cache.input(i), where.reshape(cache.masks[i].shape)).reshape(-1)
+        if where.any():
             np.add.at(confusion, (truth[where].astype(np.int64), pred[where].astype(np.int64)), 1)
     mean, per = miou(confusion, scored_classes(classes))
     return {"name": "random forest (QuPath's pixel classifier: 50 trees on Gaussian, gradient, LoG, Hessian and "
