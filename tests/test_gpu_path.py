@@ -288,14 +288,22 @@ def test_training_batches_normalised_on_the_device_equal_the_host_batches(input_
     assert not inputs_on_device(PatchCache(raw.astype(np.float32), masks, tiles), cfg, torch.device("cuda"))
 
 
-def test_training_workers_auto_are_none_on_a_cpu_and_a_few_on_cuda():
+def test_training_workers_auto_are_none_on_a_cpu_and_a_few_on_cuda(monkeypatch):
     import os
 
-    from dlpixel.training.trainer import resolve_workers
+    from dlpixel.training import trainer
+    from dlpixel.training.trainer import resolve_workers, worker_context
 
+    monkeypatch.setattr(trainer, "jvm_running", lambda: False)
     assert resolve_workers(TrainingConfig(), torch.device("cpu")) == 0
     assert resolve_workers(TrainingConfig(), torch.device("cuda")) == max(0, min(4, (os.cpu_count() or 1) - 1))
     assert resolve_workers(TrainingConfig(num_workers=3), torch.device("cpu")) == 3
+    assert worker_context(2) is None
+    # In a process hosting QuPath's JVM: no workers unless asked for, and those spawned rather than forked.
+    monkeypatch.setattr(trainer, "jvm_running", lambda: True)
+    assert resolve_workers(TrainingConfig(), torch.device("cuda")) == 0
+    assert resolve_workers(TrainingConfig(num_workers=2), torch.device("cuda")) == 2
+    assert worker_context(2) == "spawn" and worker_context(0) is None
     with pytest.raises(ValueError, match="0 or more"):
         TrainingConfig(num_workers=-1)
 
@@ -314,9 +322,12 @@ def test_persistent_workers_draw_each_epochs_own_augmentation():
     pre = Preprocessing(channels=[0, 1, 2], channel_names=["a", "b", "c"], normalization=NormalizationConfig())
     cache = PatchCache(raw, masks, [TileRef(0, 0, 0)] * n, pre, [ChannelStats(offset=[0.0] * 3, scale=[255.0] * 3)])
     ds = PatchDataset(cache, range(n), build_augmentation(TrainingConfig().augment, size, seed=0), seed=1, raw=True)
+    from dlpixel.training.trainer import worker_context
+
     loader = torch.utils.data.DataLoader(ds, batch_size=n, sampler=EpochSampler(torch.utils.data.SequentialSampler(ds),
                                                                                 ds),
-                                         num_workers=1, persistent_workers=True)
+                                         num_workers=1, persistent_workers=True,
+                                         multiprocessing_context=worker_context(1))
     batches = {}
     for epoch in (1, 2):
         ds.epoch = epoch

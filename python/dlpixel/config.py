@@ -214,7 +214,8 @@ class TrainingConfig(_Settings):
     num_workers: int | Literal["auto"] = "auto"
     """DataLoader worker processes (augmentation and batching beside the training steps). ``auto``: none on a CPU
     (patches are cached in memory, and workers would take cores from the model), up to 4 persistent workers on a
-    CUDA GPU (one core left for the training loop)."""
+    CUDA GPU (one core left for the training loop), none inside QuPath (workers are spawned there, with a copy of
+    the patch cache each, rather than forked from its Java VM)."""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
     @model_validator(mode="before")

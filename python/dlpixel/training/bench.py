@@ -52,7 +52,7 @@ def bench_train(
     from ..models.factory import create_model
     from ..runtime.device import autocast_dtype, precision_name, resolve_device
     from .losses import build_loss
-    from .trainer import DeviceInputs, PatchDataset, fit, inputs_on_device, resolve_workers
+    from .trainer import DeviceInputs, PatchDataset, fit, inputs_on_device, resolve_workers, worker_context
 
     cfg = TrainingConfig(backbone=backbone, tile_size=tile_size, batch_size=batch_size, epochs=epochs,
                          early_stop_patience=0, device=device, precision=precision, num_workers=num_workers,
@@ -74,7 +74,7 @@ def bench_train(
     ds = PatchDataset(cache, train_idx, build_augmentation(cfg.augment, tile_size, seed=cfg.seed), seed=cfg.seed,
                       raw=raw)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                         pin_memory=dev.type == "cuda")
+                                         pin_memory=dev.type == "cuda", multiprocessing_context=worker_context(workers))
     prepare = DeviceInputs(dev, cache if raw else None)
     t0 = time.perf_counter()
     for batch in loader:

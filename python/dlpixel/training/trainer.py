@@ -112,11 +112,28 @@ def inputs_on_device(cache: PatchCache, cfg: TrainingConfig, device: torch.devic
             and not cfg.augment.color_jitter and not cfg.augment.elastic)
 
 
+def jvm_running() -> bool:
+    """Whether this process hosts a Java VM (QuPath through JPype): forked children of such a process can hang in
+    the VM (a garbage collection waits for a VM thread that the fork did not copy)."""
+    import sys
+
+    jpype = sys.modules.get("jpype")
+    return bool(jpype is not None and jpype.isJVMStarted())
+
+
+def worker_context(workers: int) -> str | None:
+    """How DataLoader workers start: forked (the default, the patch cache shared), or spawned afresh (the dataset
+    pickled to each) in a process that hosts a Java VM."""
+    return "spawn" if workers > 0 and jvm_running() else None
+
+
 def resolve_workers(cfg: TrainingConfig, device: torch.device) -> int:
-    """``num_workers``, with ``auto`` resolved: none on a CPU, up to 4 on a CUDA GPU (a core left for the loop)."""
+    """``num_workers``, with ``auto`` resolved: none on a CPU, up to 4 on a CUDA GPU (a core left for the loop);
+    none in a process that hosts QuPath's Java VM, where workers would have to be spawned with a copy of the patch
+    cache each (a number set explicitly is kept, and spawned)."""
     if cfg.num_workers != "auto":
         return int(cfg.num_workers)
-    if device.type != "cuda":
+    if device.type != "cuda" or jvm_running():
         return 0
     import os
 
@@ -290,9 +307,11 @@ def fit(
         drop_last=len(train_ds) > batch and len(train_ds) % batch == 1,
         num_workers=workers, pin_memory=pin, generator=generator, worker_init_fn=_worker_init,
         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+        multiprocessing_context=worker_context(workers),
     )
     val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, num_workers=min(workers, 2),
-                            pin_memory=pin, persistent_workers=min(workers, 2) > 0)
+                            pin_memory=pin, persistent_workers=min(workers, 2) > 0,
+                            multiprocessing_context=worker_context(min(workers, 2)))
 
     weights = torch.as_tensor(class_weights, dtype=torch.float32, device=device)
     loss_fn = build_loss(cfg.loss, weights, ignore_index=UNLABELLED)
