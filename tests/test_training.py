@@ -151,7 +151,10 @@ def test_a_run_cancelled_during_training_keeps_the_best_epoch_so_far(synthetic_p
     history = json.loads((entry.path / store.HISTORY).read_text())
     assert [row["epoch"] for row in history] == [1, 2]
     best = history[r.best_epoch - 1]["mean_iou"]
-    assert best == max(row["mean_iou"] for row in history)
+    # The best epoch is the one with the highest of the lower of tile validation and agreement with the forest.
+    selection = [row["selection_metric"] for row in history]
+    assert selection[r.best_epoch - 1] == max(selection)
+    assert all(row["selection_metric"] == min(row["mean_iou"], row["agreement"]) for row in history)
     assert entry.metadata.split["tile_mean_iou"] == pytest.approx(best, abs=1e-4)
     assert r.mean_iou == pytest.approx(min(best, entry.metadata.split["agreement_with_forest"]["mean_iou"]), abs=1e-4)
     from dlpixel.report.page import summary_text, write_report

@@ -342,7 +342,7 @@ def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: Trai
     if frozen:
         emit.log(f"frozen encoder blocks: {', '.join(frozen)}")
 
-    result = fit(model, cache, split.train, split.val, n_classes, cfg, weights, frozen, emit, cancel)
+    result = fit(model, cache, split.train, split.val, n_classes, cfg, weights, frozen, emit, cancel, forest_maps)
     if result.stopped_by_user:
         # The stop asked for is done: the best epoch so far is saved (a second Ctrl-C still aborts the save).
         cancel = CancelToken()

@@ -228,7 +228,8 @@ def evaluate(
     device: torch.device,
     amp: torch.dtype | None,
     prepare: Callable[[Sequence[torch.Tensor]], tuple[torch.Tensor, torch.Tensor]] | None = None,
-) -> tuple[float, Any]:
+    reference: dict[int, torch.Tensor] | None = None,
+) -> tuple[float, Any, float | None]:
     """Validation loss (mean over batches) and the confusion matrix over labelled pixels, in eval mode, in the
     training precision; both summed on the device and read once."""
     from .metrics import ConfusionMatrix
@@ -240,6 +241,8 @@ def evaluate(
     total = torch.zeros((), dtype=torch.float32, device=device)
     batches = 0
     prepare = prepare or DeviceInputs(device)
+    agree = torch.zeros(k * k, dtype=torch.int64, device=device) if reference else None
+    position = 0
     with torch.inference_mode():
         for batch in loader:
             x, y = prepare(batch)
@@ -248,12 +251,24 @@ def evaluate(
             total += loss_fn(logits.float(), y).detach()
             batches += 1
             pred = logits.argmax(1)
+            if agree is not None:
+                # Whole tiles against the reference's map (every pixel, labelled or not).
+                for i in range(len(pred)):
+                    ref = reference.get(position + i)  # type: ignore[union-attr]
+                    if ref is not None:
+                        agree += torch.bincount((ref * k + pred[i]).reshape(-1), minlength=k * k)
+            position += len(pred)
             # Unlabelled pixels go to the extra bin k*k; no data-dependent shapes, so no wait for the device.
             labelled = (y >= 0) & (y < k)
             idx = torch.where(labelled, y * k + pred, torch.full_like(y, k * k))
             counts.scatter_add_(0, idx.reshape(-1), torch.ones_like(idx.reshape(-1)))
     cm._counts += counts[: k * k].reshape(k, k).cpu().numpy()
-    return float(total) / max(batches, 1), cm
+    agreement = None
+    if agree is not None and int(agree.sum()):
+        both = ConfusionMatrix(k)
+        both._counts += agree.reshape(k, k).cpu().numpy()
+        agreement = float(both.mean_iou())
+    return float(total) / max(batches, 1), cm, agreement
 
 
 def fit(
@@ -267,8 +282,14 @@ def fit(
     frozen_blocks: Sequence[str] = (),
     emit: Emitter | None = None,
     cancel: CancelToken | None = None,
+    reference: dict[int, np.ndarray] | None = None,
 ) -> FitResult:
-    """Train ``model`` on the cached tiles; return it with the weights of its best validation epoch."""
+    """Train ``model`` on the cached tiles; return it with the weights of its best validation epoch.
+
+    ``reference``: class maps of whole validation tiles (by cache index) from another classifier trained on the
+    same training tiles (QuPath's random forest). Each epoch's map of those tiles is compared with them, every pixel
+    (``agreement`` in the history), and with ``early_stop_metric: mean_iou`` the best epoch is the one with the
+    highest of the lower of the two: annotations check only the pixels they cover."""
     from ..models.factory import set_train_mode
     from .augment import build_augmentation
     from .losses import build_loss
@@ -313,6 +334,12 @@ def fit(
                             pin_memory=pin, persistent_workers=min(workers, 2) > 0,
                             multiprocessing_context=worker_context(min(workers, 2)))
 
+    # Reference maps by position in the validation order (the validation loader does not shuffle).
+    refs = None
+    if reference:
+        where = {t: pos for pos, t in enumerate(val_idx)}
+        refs = {where[t]: torch.as_tensor(m.astype(np.int64), device=device) for t, m in reference.items()
+                if t in where}
     weights = torch.as_tensor(class_weights, dtype=torch.float32, device=device)
     loss_fn = build_loss(cfg.loss, weights, ignore_index=UNLABELLED)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -373,10 +400,12 @@ def fit(
             distributed.sync_buffers(model)
             # The workers start on the next epoch's tiles while this one is validated (no gap at its start).
             batches = _epoch_batches(train_loader, train_ds, epoch + 1) if epoch < cfg.epochs and workers else None
-            val_loss, cm = evaluate(net, val_loader, loss_fn, n_classes, device, amp, prepare)
+            val_loss, cm, agreement = evaluate(net, val_loader, loss_fn, n_classes, device, amp, prepare, refs)
             ious = cm.iou_per_class()
             mean_iou = float(cm.mean_iou())
             metric = mean_iou if maximise else val_loss
+            if maximise and agreement is not None and not math.isnan(agreement):
+                metric = min(mean_iou, agreement)
             lr = optimizer.param_groups[0]["lr"]
             if step_on == "epoch":
                 scheduler.step()
@@ -394,6 +423,8 @@ def fit(
                 "train_loss": train_loss,
                 "val_loss": val_loss,
                 "mean_iou": mean_iou,
+                "agreement": agreement,
+                "selection_metric": metric,
                 "per_class_iou": _nan_to_none(ious),
                 "pixel_accuracy": float(cm.pixel_accuracy()),
                 "learning_rate": lr,
