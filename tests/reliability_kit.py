@@ -160,3 +160,16 @@ def run_child(argv: list[str], timeout: float = 180) -> subprocess.CompletedProc
 
 def classifier_names(project: Path) -> list[str]:
     return [e.name for e in store.list_classifiers(project)]
+
+
+def fill_disk(folder: Path) -> Path:
+    """Fill the file system (a file of zeros until it is full); delete the returned file to free it again."""
+    filler = folder / "filler.bin"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(bytes(1 << 16))
+                f.flush()
+        except OSError:
+            pass
+    return filler

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from reliability_kit import (  # noqa: E402
     QUICK_TRAIN,
     export_threshold,
+    fill_disk,
     hidden_leftovers,
     labelled_project,
     make_project,
@@ -49,19 +50,6 @@ def _remount_read_only(folder: Path) -> None:
     subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
 
 
-def _fill(folder: Path) -> Path:
-    """Fill the file system (a file of zeros until it is full); delete the returned file to free it again."""
-    filler = folder / "filler.bin"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(bytes(1 << 16))
-                f.flush()
-        except OSError:
-            pass
-    return filler
-
-
 def _visible_results(project: Path) -> list[str]:
     results = project / "results"
     return sorted(str(p) for p in results.rglob("*") if p.is_file()) if results.exists() else []
@@ -82,7 +70,7 @@ def test_training_on_a_full_disk_is_one_line_and_leaves_no_partial_folder(small_
 @pytest.mark.parametrize("output", ["map", "probabilities", "measurements", "objects"])
 def test_apply_on_a_full_disk_is_one_line_and_the_next_run_works(small_disk, capsys, onnx_file, output):
     project = make_project(small_disk / "p", onnx_file)
-    filler = _fill(small_disk)
+    filler = fill_disk(small_disk)
     argv = ["apply", "--project", str(project), "--classifier", "thr", "--output", output, "--scope",
             "image" if output in ("map", "probabilities", "objects") else "annotations", "--quiet"]
     code, _, err = run_cli(capsys, *argv)
@@ -97,7 +85,7 @@ def test_apply_on_a_full_disk_is_one_line_and_the_next_run_works(small_disk, cap
 
 def test_export_to_a_full_disk_is_one_line_and_leaves_no_partial_zip(small_disk, tmp_path, capsys, onnx_file):
     project = make_project(tmp_path / "p", onnx_file)
-    _fill(small_disk)
+    fill_disk(small_disk)
     code, _, err = run_cli(capsys, "models", "export", "thr", "--project", str(project), "--file",
                            str(small_disk / "thr.zip"))
     one_line_error(code, err, "No space left on device", str(small_disk / "thr.zip"))

@@ -16,7 +16,7 @@ from dlpixel.data.base import LabelShape
 
 sys.path.insert(0, str(Path(__file__).parent))
 from qupath_kit import require_qupath, write_pyramid_tiff  # noqa: E402
-from reliability_kit import SIZE, export_threshold, one_line_error, run_cli, truth  # noqa: E402
+from reliability_kit import SIZE, export_threshold, fill_disk, one_line_error, run_cli, truth  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -119,13 +119,7 @@ def test_a_backup_on_a_full_disk_is_one_line_and_leaves_no_empty_backup(tmp_path
         qpproj = _project(disk / "project", tmp_path / "images", onnx_file, [BOX])
         data = _image(qpproj).data_file
         before = data.read_bytes()
-        with open(disk / "filler.bin", "wb") as f:
-            try:
-                while True:
-                    f.write(bytes(1 << 16))
-                    f.flush()
-            except OSError:
-                pass
+        fill_disk(disk)
         code, _, err = _apply(capsys, qpproj, qupath_dir)
         one_line_error(code, err, "cannot back up", "free disk space")
         assert data.read_bytes() == before
