@@ -251,7 +251,10 @@ def test_agreement_of_two_maps_counts_every_pixel() -> None:
 
     forest = [np.array([[0, 0, 1, 1]], np.uint8), np.array([[0, 0, 0, 2]], np.uint8)]
     unet = [np.array([[0, 1, 1, 1]], np.uint8), np.array([[0, 0, 0, 2]], np.uint8)]
-    got = agreement(forest, unet, ["Background", "Object", "Ignore*"])
+    confusion = np.zeros((3, 3), np.int64)
+    for ref, mine in zip(forest, unet):
+        np.add.at(confusion, (ref.reshape(-1).astype(np.int64), mine.reshape(-1).astype(np.int64)), 1)
+    got = agreement(confusion, ["Background", "Object", "Ignore*"])
     # Background: 4 agree, 1 only in the forest's -> 4/5; Object: 2 agree, 1 only in the U-Net's -> 2/3.
     assert got["mean_iou"] == pytest.approx(round((4 / 5 + 2 / 3) / 2, 4))
     assert got["shares"] == {"Background": 0.5, "Object": 0.375, "Ignore*": 0.125}

@@ -204,8 +204,8 @@ def test_validation_counts_on_the_device_equal_the_confusion_matrix():
     y[:, ::3] = 255
     loader = [(x[:3], y[:3]), (x[3:], y[3:])]
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=255)
-    loss, cm, agreement = evaluate(model, loader, loss_fn, 3, torch.device("cpu"), None)
-    assert agreement is None
+    loss, cm, agree = evaluate(model, loader, loss_fn, 3, torch.device("cpu"), None)
+    assert agree is None
     want = ConfusionMatrix(3)
     with torch.no_grad():
         for xb, yb in loader:
@@ -217,12 +217,13 @@ def test_validation_counts_on_the_device_equal_the_confusion_matrix():
     # Agreement with reference maps of whole tiles (positions 1 and 3, across the two batches): the model's own
     # maps agree fully; a reference that differs is counted against every pixel of those tiles.
     _, _, same = evaluate(model, loader, loss_fn, 3, torch.device("cpu"), None, None, {1: preds[1], 3: preds[3]})
-    assert same == 1.0
+    assert same.mean_iou() == 1.0 and same.matrix.sum() == 2 * 16 * 16
     other = (preds[3] + 1) % 3
     _, _, got = evaluate(model, loader, loss_fn, 3, torch.device("cpu"), None, None, {1: preds[1], 3: other})
     both = ConfusionMatrix(3)
     both.update(torch.stack([preds[1], preds[3]]), torch.stack([preds[1], other]))
-    assert got == pytest.approx(both.mean_iou()) and got < 1.0
+    assert np.array_equal(got.matrix, both.matrix) and got.mean_iou() == pytest.approx(both.mean_iou())
+    assert got.mean_iou() < 1.0
 
 
 def test_a_non_finite_loss_stops_training_with_one_line_naming_the_batch():

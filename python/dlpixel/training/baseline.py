@@ -59,15 +59,13 @@ def random_forest_baseline(inputs: Sequence[np.ndarray], train_masks: Sequence[n
     return predict
 
 
-def agreement(reference: Sequence[np.ndarray], maps: Sequence[np.ndarray], classes: Sequence[str]) -> dict:
-    """How far a model's class maps agree with a reference's over every pixel (labelled or not): the mean IoU of the
-    one against the other over the scored classes, and each map's share of every class. No label enters it."""
+def agreement(confusion: np.ndarray, classes: Sequence[str]) -> dict:
+    """How far a model's class maps agree with a reference's over every pixel (labelled or not), from their counts
+    ``confusion[reference, model]``: the mean IoU of the one against the other over the scored classes, and each
+    map's share of every class. No label enters it."""
     from .objects import miou, scored_classes
 
-    k = len(classes)
-    confusion = np.zeros((k, k), np.int64)
-    for ref, got in zip(reference, maps):
-        np.add.at(confusion, (ref.reshape(-1).astype(np.int64), got.reshape(-1).astype(np.int64)), 1)
+    confusion = np.asarray(confusion, np.int64)
     mean, _ = miou(confusion, scored_classes(list(classes)))
     total = max(int(confusion.sum()), 1)
     return {"mean_iou": None if np.isnan(mean) else round(float(mean), 4),

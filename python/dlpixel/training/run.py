@@ -346,7 +346,7 @@ def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: Trai
     if result.stopped_by_user:
         # The stop asked for is done: the best epoch so far is saved (a second Ctrl-C still aborts the save).
         cancel = CancelToken()
-    label_free, estimate, warnings = _unet_agreement(result, cache, forest_maps, data.classes, emit)
+    label_free, estimate, warnings = _unet_agreement(result, len(forest_maps), data.classes, emit)
 
     meta = ClassifierMetadata(
         **_shared_fields(name, cfg, data, pre, names, emit),
@@ -423,26 +423,20 @@ AGREEMENT_WARNING_GAP = 0.1
 """A U-Net's tile validation above its agreement with the forest by more than this is flagged."""
 
 
-def _unet_agreement(result, cache: PatchCache, forest_maps: dict[int, np.ndarray], classes: list[str],
-                    emit: Emitter) -> tuple[dict, float, list[str]]:
-    """The U-Net's whole maps of the validation tiles against the forest's (trained on the same training tiles): a
-    figure no label enters, which sees a map spreading or shrinking where no annotation lies. The reported estimate
-    is the lower of it and the tile validation (stroke pixels are the easy ones: on real images with 30 strokes the
-    tile validation said 0.69-1.00 where the truth was 0.56-0.84, and the agreement was within 0.08 of the truth)."""
+def _unet_agreement(result, n_reference_tiles: int, classes: list[str], emit: Emitter
+                    ) -> tuple[dict, float, list[str]]:
+    """The best epoch's whole maps of the validation tiles against the forest's (trained on the same training
+    tiles), as ``fit`` counted them: a figure no label enters, which sees a map spreading or shrinking where no
+    annotation lies. The reported estimate is the lower of it and the tile validation (stroke pixels are the easy
+    ones: on real images with 30 strokes the tile validation said 0.69-1.00 where the truth was 0.56-0.84, and the
+    agreement was within 0.08 of the truth)."""
     from .baseline import agreement
 
     tile_iou = float(result.mean_iou)
-    if not forest_maps:
+    if result.agreement_confusion is None:
         return {}, tile_iou, []
-    val_tiles = sorted(forest_maps)
-    model = result.model.eval()
-    maps = []
-    with torch.inference_mode():
-        for i in range(0, len(val_tiles), 4):
-            x = torch.from_numpy(np.stack([cache.input(t) for t in val_tiles[i: i + 4]]))
-            maps.extend(model(x).argmax(1).numpy().astype(np.uint8))
-    agree = agreement([forest_maps[t] for t in val_tiles], maps, classes)
-    agree["tiles"] = len(val_tiles)
+    agree = agreement(result.agreement_confusion, classes)
+    agree["tiles"] = n_reference_tiles
     if agree["mean_iou"] is None:
         return {}, tile_iou, []
     estimate = min(tile_iou, agree["mean_iou"])

@@ -214,6 +214,8 @@ class FitResult:
     seconds: float
     stopped_by_user: bool = False
     """The run was cancelled (Ctrl-C, QuPath's Cancel) and ended after the epoch under way."""
+    agreement_confusion: list[list[int]] | None = None
+    """With ``reference`` maps: the best epoch's counts of every pixel of those tiles, [reference, model]."""
 
 
 def _nan_to_none(values: np.ndarray) -> list[float | None]:
@@ -229,7 +231,7 @@ def evaluate(
     amp: torch.dtype | None,
     prepare: Callable[[Sequence[torch.Tensor]], tuple[torch.Tensor, torch.Tensor]] | None = None,
     reference: dict[int, torch.Tensor] | None = None,
-) -> tuple[float, Any, float | None]:
+) -> tuple[float, Any, Any]:
     """Validation loss (mean over batches) and the confusion matrix over labelled pixels, in eval mode, in the
     training precision; both summed on the device and read once."""
     from .metrics import ConfusionMatrix
@@ -263,12 +265,11 @@ def evaluate(
             idx = torch.where(labelled, y * k + pred, torch.full_like(y, k * k))
             counts.scatter_add_(0, idx.reshape(-1), torch.ones_like(idx.reshape(-1)))
     cm._counts += counts[: k * k].reshape(k, k).cpu().numpy()
-    agreement = None
+    both = None
     if agree is not None and int(agree.sum()):
-        both = ConfusionMatrix(k)
+        both = ConfusionMatrix(k)  # matrix[reference, model]
         both._counts += agree.reshape(k, k).cpu().numpy()
-        agreement = float(both.mean_iou())
-    return float(total) / max(batches, 1), cm, agreement
+    return float(total) / max(batches, 1), cm, both
 
 
 def fit(
@@ -350,7 +351,7 @@ def fit(
 
     history: list[dict[str, Any]] = []
     best_metric, best_epoch, best_state, since_best = -math.inf if maximise else math.inf, 0, None, 0
-    best_cm = None
+    best_cm = best_agree_cm = None
     stopped_early = stopped_by_user = False
     start = time.perf_counter()
     emit("stage", stage="training", message=f"training on {device.type} ({len(train_ds)} tiles, "
@@ -400,9 +401,10 @@ def fit(
             distributed.sync_buffers(model)
             # The workers start on the next epoch's tiles while this one is validated (no gap at its start).
             batches = _epoch_batches(train_loader, train_ds, epoch + 1) if epoch < cfg.epochs and workers else None
-            val_loss, cm, agreement = evaluate(net, val_loader, loss_fn, n_classes, device, amp, prepare, refs)
+            val_loss, cm, agree_cm = evaluate(net, val_loader, loss_fn, n_classes, device, amp, prepare, refs)
             ious = cm.iou_per_class()
             mean_iou = float(cm.mean_iou())
+            agreement = float(agree_cm.mean_iou()) if agree_cm is not None else None
             metric = mean_iou if maximise else val_loss
             if maximise and agreement is not None and not math.isnan(agreement):
                 metric = min(mean_iou, agreement)
@@ -415,7 +417,7 @@ def fit(
             if improved or best_state is None:
                 best_metric, best_epoch, since_best = metric, epoch, 0
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                best_cm = cm
+                best_cm, best_agree_cm = cm, agree_cm
             else:
                 since_best += 1
             row = {
@@ -461,6 +463,7 @@ def fit(
         mean_iou=best_row["mean_iou"],
         pixel_accuracy=best_row["pixel_accuracy"],
         confusion=best_cm.matrix.tolist(),
+        agreement_confusion=best_agree_cm.matrix.tolist() if best_agree_cm is not None else None,
         stopped_early=stopped_early,
         stopped_by_user=stopped_by_user,
         device=device.type,
