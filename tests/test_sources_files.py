@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import pickle
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 import tifffile.zarr
+import zarr
 from dlpixel.data import ImageSource, LabelShape, Project, ProjectImage
 from dlpixel.data.folder import (
     FileImageSource,
@@ -89,19 +91,61 @@ def test_only_the_region_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     truth = rng.integers(0, 255, (1024, 1024, 1), dtype=np.uint8)
     path = write_ome_tiff(tmp_path / "big.ome.tif", truth, tile=128, pyramid=False, compression=None)
     reads: list[int] = []
-    original = tifffile.zarr.FileCache.read
+    original = os.pread
 
-    def counting_read(self, fh, offset, bytecount):  # type: ignore[no-untyped-def]
-        reads.append(bytecount)
-        return original(self, fh, offset, bytecount)
+    def counting_read(fd: int, n: int, offset: int) -> bytes:
+        reads.append(n)
+        return original(fd, n, offset)
 
-    monkeypatch.setattr(tifffile.zarr.FileCache, "read", counting_read)
+    monkeypatch.setattr(os, "pread", counting_read)
     monkeypatch.setattr(tifffile.TiffPage, "asarray", lambda *a, **k: pytest.fail("whole page decoded"))
     with FileImageSource(path) as src:
         out = src.read_region(1, 1000, 1000, 50, 40)
     np.testing.assert_array_equal(out[:24, :24], truth[1000:, 1000:])
     assert not out[24:].any() and not out[:, 24:].any()
     assert len(reads) == 1 and sum(reads) == 128 * 128
+
+
+@pytest.mark.parametrize("layout", ["strips-uint16", "tiles-rgb", "tiles-big-endian-float", "planes-ome", "jpeg"])
+def test_segment_reads_equal_zarr_reads(tmp_path: Path, layout: str) -> None:
+    """Regions decoded segment by segment equal tifffile's zarr view of the same level, pixel for pixel, at every
+    pyramid level and edge; layouts that need zarr (separate planes, subsampled JPEG) still read through it."""
+    from dlpixel.data.images import _SegmentLevel, _ZarrLevel
+
+    rng = np.random.default_rng(1)
+    path = tmp_path / f"{layout}.tif"
+    if layout == "strips-uint16":
+        tifffile.imwrite(path, rng.integers(0, 65535, (300, 410), dtype=np.uint16), rowsperstrip=37,
+                         compression="zlib")
+    elif layout == "tiles-rgb":
+        path = write_ome_tiff(tmp_path / "rgb.ome.tif", rng.integers(0, 255, (700, 900, 3), dtype=np.uint8), tile=128)
+    elif layout == "tiles-big-endian-float":
+        tifffile.imwrite(path, rng.random((200, 330, 2)).astype(">f4"), tile=(64, 64), planarconfig="contig",
+                         byteorder=">")
+    elif layout == "planes-ome":
+        tifffile.imwrite(path, rng.integers(0, 255, (3, 200, 330), dtype=np.uint8), tile=(64, 64), ome=True)
+    else:
+        tifffile.imwrite(path, rng.integers(0, 255, (200, 330, 3), dtype=np.uint8), tile=(64, 64),
+                         compression="jpeg", photometric="rgb")
+    fast = layout not in ("planes-ome", "jpeg")
+    with FileImageSource(path) as src, tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        assert all(isinstance(lv, _SegmentLevel) == fast for lv in src._levels)
+        assert len(src._levels) == len(series.levels) >= (3 if layout == "tiles-rgb" else 1)
+        for i, level in enumerate(src._levels):
+            reference = _ZarrLevel(zarr.open_array(series.aszarr(level=i), mode="r"), series.levels[i].axes, path)
+            boxes = [(0, level.height, 0, level.width)]
+            for _ in range(12):
+                y0, y1 = sorted(rng.choice(level.height + 1, 2, replace=False))
+                x0, x1 = sorted(rng.choice(level.width + 1, 2, replace=False))
+                boxes.append((y0, y1, x0, x1))
+            for y0, y1, x0, x1 in boxes:
+                got, want = level.read(y0, y1, x0, x1), reference.read(y0, y1, x0, x1)
+                assert got.dtype == want.dtype.newbyteorder("=")
+                np.testing.assert_array_equal(got, want)
+    if fast:  # a closed file's descriptor is never read again (the number may name another file by then)
+        with pytest.raises(DataError, match="was closed"):
+            src._levels[0].read(0, 1, 0, 1)
 
 
 def test_threaded_and_pickled_reads(pyramid: tuple[Path, np.ndarray]) -> None:
