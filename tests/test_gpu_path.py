@@ -13,7 +13,7 @@ from dlpixel.data.images import FileImageSource, write_ome_tiff
 from dlpixel.data.preprocessing import ChannelStats, Preprocessing, image_stats, normalize, read_tile, stats_for
 from dlpixel.inference.gpu import NOT_COMPUTED, normalize_torch
 from dlpixel.inference.predictor import Predictor, TorchBackend
-from dlpixel.inference.reading import normalize_raw, read_raw_row
+from dlpixel.inference.reading import normalize_raw, read_raw_block, read_raw_row
 from dlpixel.projects import open_project
 from dlpixel.runtime.device import autocast_dtype, precision_name
 
@@ -86,6 +86,30 @@ def test_tiles_cut_from_a_strip_equal_tiles_read_alone(pyramid, ds, context):
         assert np.array_equal(normalize_raw(raw, pre, stats), want)
     if ds == 1.0 and context == 1:
         assert raws[0].dtype == np.uint8  # stored pixels travel in the image's dtype
+
+
+@pytest.mark.parametrize("ds", [1.0, 1.5])
+@pytest.mark.parametrize("context", [1, 2])
+@pytest.mark.parametrize("xs", [[0, 24, 48, 100], [0, 200]])
+def test_device_tiles_cut_from_a_row_block_equal_tiles_read_alone(pyramid, ds, context, xs):
+    """The device path uploads one block per row (the strip the row spans, or sparse tiles side by side), normalises
+    it whole and cuts the tiles out there: each equals ``read_tile``."""
+    from dlpixel.inference.gpu import DeviceBlender, TorchNormalizer, host_block
+
+    src = FileImageSource(pyramid)
+    pre = Preprocessing(channels=[2, 0], channel_names=["Red", "Green", "Blue"], normalization=NormalizationConfig(),
+                        context_scale=context)
+    stats = image_stats(src, pre)
+    cpu = torch.device("cpu")
+    block, offsets = read_raw_block(src, pre, ds, xs, 40, 64)
+    sparse = context > 1 or xs == [0, 200]
+    assert block.shape == (64, 64 * len(xs) if sparse else xs[-1] + 64 - xs[0], 2 * context)
+    blender = DeviceBlender(3, 64, 300, np.ones((64, 64), np.float32), cpu)
+    blender.normalize = TorchNormalizer(pre, stats, pre.n_inputs, cpu)
+    tiles = blender.tiles(host_block(block, cpu), offsets)
+    assert tiles.shape == (len(xs), 2 * context, 64, 64) and tiles.dtype == torch.float32
+    for x, tile in zip(xs, tiles):
+        assert np.array_equal(tile.permute(1, 2, 0).numpy(), read_tile(src, pre, stats, ds, x * ds, 40 * ds, 64))
 
 
 class _Pointwise(torch.nn.Module):
@@ -181,16 +205,6 @@ def test_patch_cache_keeps_raw_pixels_and_normalises_them_as_read_tile(known):
     for k, t in enumerate(cache.tiles[:4]):
         want = read_tile(src, pre, stats, 1.0, t.x, t.y, 64).transpose(2, 0, 1)
         assert np.array_equal(cache.images[k], want)
-
-
-def test_a_batch_of_stored_and_resampled_tiles_uploads_as_float32():
-    from dlpixel.inference.gpu import PinnedUploader
-
-    a = np.full((4, 4, 3), 7, np.uint8)
-    b = np.full((4, 4, 3), 7.5, np.float32)
-    x = PinnedUploader(torch.device("cpu"))([a, b])
-    assert x.shape == (2, 3, 4, 4) and x.dtype == torch.float32
-    assert x[0].eq(7).all() and x[1].eq(7.5).all()
 
 
 def test_validation_counts_on_the_device_equal_the_confusion_matrix():

@@ -23,6 +23,7 @@ from dlpixel.inference.outputs import (
     is_ignored_class,
     measurement_names,
 )
+from dlpixel.inference import outputs_map
 from dlpixel.inference.outputs_map import reduce_mean, reduce_mode
 from PIL import Image
 
@@ -309,7 +310,12 @@ def test_reduce_mode_takes_the_most_frequent_class_and_the_top_left_on_ties() ->
         assert got[i] == expected, (block, got[i])
 
 
-def test_class_map_round_trip_with_pyramid(tmp_path: Path) -> None:
+@pytest.mark.parametrize("chunk", [None, 5000])
+def test_class_map_round_trip_with_pyramid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int | None) -> None:
+    """Reduced levels are the 2 × 2 mode of the level above, whether strips are halved whole or in column chunks
+    by parallel threads (``chunk``: pixels per chunk)."""
+    if chunk is not None:
+        monkeypatch.setattr(outputs_map, "REDUCE_CHUNK_PIXELS", chunk)
     rng = np.random.default_rng(0)
     cmap = rng.integers(0, 3, (700, 1000), dtype=np.uint8)
     cmap[100:400, 200:700] = 1
@@ -337,7 +343,10 @@ def test_class_map_round_trip_with_pyramid(tmp_path: Path) -> None:
     assert np.array_equal(preview, np.asarray(colors, np.uint8)[cmap])
 
 
-def test_probability_map_round_trip(tmp_path: Path) -> None:
+@pytest.mark.parametrize("chunk", [None, 3000])
+def test_probability_map_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int | None) -> None:
+    if chunk is not None:
+        monkeypatch.setattr(outputs_map, "REDUCE_CHUNK_PIXELS", chunk)
     rng = np.random.default_rng(1)
     probs = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)
     names = ["Background", "Tumor", "Stroma"]

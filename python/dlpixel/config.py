@@ -386,6 +386,10 @@ class InferenceConfig(_Settings):
     backend: Literal["auto", "torch", "onnx"] = "auto"
     precision: Precision = "bf16"
     """``bf16``, ``fp16`` or ``fp32`` for PyTorch on a GPU (CPUs and ONNX Runtime compute in fp32)."""
+    cuda_graphs: bool = True
+    """PyTorch on a CUDA GPU: replay the model as a CUDA graph (one launch per batch instead of one per layer, so
+    reading and writing on the host do not hold up the device). Off for a custom model that cannot be captured
+    (such a model also falls back by itself, with a warning)."""
     reader_threads: int = 2
     refine: Literal["auto", "none", "watershed"] = "auto"
     """``watershed``: pixels called with probability > 0.95 seed their class and the others take the class whose

@@ -11,7 +11,8 @@ def _cmd_inference(args: argparse.Namespace) -> int:
     from ..inference.bench import bench_inference
 
     result = bench_inference(args.size, args.tile_size, args.batch_size, args.backbone, args.backend, args.device,
-                             args.repeats, args.precision, args.reader_threads, args.image)
+                             args.repeats, args.precision, args.reader_threads, args.image, args.cuda_graphs,
+                             not args.inline_writer, args.path)
     return _print(result, args.json)
 
 
@@ -57,6 +58,12 @@ def register_cli(sub: Any) -> None:
     q.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16", help="PyTorch on a GPU")
     q.add_argument("--reader-threads", type=int, default=2, help="threads reading tiles (default %(default)s)")
     q.add_argument("--image", default=None, help="an existing image instead of the synthetic one")
+    q.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                   help="run the model layer by layer on CUDA instead of as a CUDA graph")
+    q.add_argument("--inline-writer", action="store_true",
+                   help="write the map between batches in the computing thread, not beside it")
+    q.add_argument("--path", choices=["auto", "host", "device"], default="auto",
+                   help="blend in numpy (host) or with PyTorch on the model's device (auto: device on CUDA)")
     q.add_argument("--json", action="store_true", help="one JSON object")
     q.set_defaults(func=_cmd_inference)
     t = bench_sub.add_parser("train", help="the training loop (dlpixel train's fit) vs the training step alone")

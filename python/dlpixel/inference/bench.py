@@ -92,6 +92,9 @@ def bench_inference(
     precision: str = "bf16",
     reader_threads: int = 2,
     image: str | Path | None = None,
+    cuda_graphs: bool = True,
+    writer_thread: bool = True,
+    path: str = "auto",
 ) -> dict[str, Any]:
     """Tiles per second of ``apply`` end to end (reads, normalisation, model, blending, the class-map writer) and of
     the model alone at the same batch and precision, their ratio, and seconds per stage of the fastest end-to-end
@@ -106,10 +109,12 @@ def bench_inference(
         root = Path(tmp)
         entry = _bench_classifier(root, backbone, tile_size)
         meta = entry.metadata
-        model = load_backend(entry.path, meta, backend, device, precision)
+        model = load_backend(entry.path, meta, backend, device, precision, cuda_graphs)
         source = FileImageSource(Path(image) if image else _bench_image(root / "bench.ome.tif", size))
-        predictor = Predictor(model, meta, tile_size, None, batch_size, reader_threads)
+        on_device = {"auto": None, "host": False, "device": True}[path]
+        predictor = Predictor(model, meta, tile_size, None, batch_size, reader_threads, on_device=on_device)
         predictor.keep_probabilities = False
+        predictor.writer_thread = writer_thread
         grid = predictor.grid(source)
         n_tiles = len(grid.xs) * len(grid.ys)
         n_batches = max(2, int(np.ceil(n_tiles / batch_size)))
@@ -143,6 +148,8 @@ def bench_inference(
         "backend": model.name,
         "precision": getattr(model, "precision", "fp32"),
         "path": "device" if predictor.uses_device() else "host",
+        "cuda_graphs": bool(getattr(model, "cuda_graphs", False)),
+        "writer_thread": writer_thread,
         "backbone": backbone,
         "image_px": f"{source.width}x{source.height}",
         "tile_size": tile_size,

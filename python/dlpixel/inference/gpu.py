@@ -1,9 +1,11 @@
 """The device side of ``apply`` with PyTorch: raw tiles in, class strips out, the host touching only bytes.
 
-Tiles travel to the device in the image's own dtype (uint8 is 4× less than float32) through pinned host buffers
-on a copy stream, and are normalised there by ``normalize_torch`` (equal to ``data.preprocessing.normalize``);
-the model's probabilities are blended and accumulated there (``DeviceBlender``) and each finished strip comes back
-as uint8 class indices (probabilities only when a caller asks for them). Every function here also runs on CPU
+Each row of tiles travels to the device once, as the block of pixels it spans, in the image's own dtype (uint8
+is 4× less than float32), through page-locked host memory on a copy stream; there it is normalised by
+``normalize_torch`` (equal to ``data.preprocessing.normalize``) and cut into tiles. Batches span rows; the model's
+probabilities are blended and accumulated a row's run of tiles at a time (``DeviceBlender``), and each finished
+strip comes back as uint8 class indices (probabilities only when a caller asks for them). The host launches a
+few operations per row and per batch, so it keeps ahead of the device. Every function here also runs on CPU
 tensors, where the tests compare it with the numpy path.
 """
 
@@ -18,7 +20,7 @@ import torch
 
 from ..runtime.normalize import TorchNormalizer, normalize_torch
 
-__all__ = ["NOT_COMPUTED", "DeviceBlender", "DeviceStrip", "PinnedUploader", "TorchNormalizer", "class_map",
+__all__ = ["NOT_COMPUTED", "DeviceBlender", "DeviceStrip", "TorchNormalizer", "class_map", "host_block",
            "normalize_torch"]
 
 NOT_COMPUTED = 255
@@ -100,25 +102,62 @@ class DeviceBlender:
         self.wsum[t - rows:] = 0
 
     preprocess_seconds = 0.0
-    """Host seconds of the last batch's upload and normalisation (launched; the device runs them later)."""
-    upload: Any = None
-    """Raw tiles to the device (``PinnedUploader``), set by the predictor."""
+    """Host seconds spent launching uploads, normalisation and batch assembly (the device runs them later)."""
     normalize: Any = None
     """``TorchNormalizer`` of the image, set by the predictor."""
 
-    def run(self, backend: Any, tiles: Sequence[np.ndarray]) -> torch.Tensor:
-        """Raw tiles (H, W, C) to weighted probabilities (N, K, T, T) on the device: upload, normalise, model."""
+    def tiles(self, block: torch.Tensor, offsets: Sequence[int]) -> torch.Tensor:
+        """A row's raw block (H, W, C) (a host tensor from ``host_block``) to its normalised tiles (n, C, T, T) on
+        the device: one upload (on the copy stream, overlapping the model), one normalisation of the whole block
+        (elementwise, so equal to normalising each tile) and one gather of the tiles' columns."""
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            if self.device.type == "cuda":
+                if self.copy_stream is None:
+                    self.copy_stream = torch.cuda.Stream(self.device)
+                with torch.cuda.stream(self.copy_stream):
+                    dev = block.to(self.device, non_blocking=True)
+                compute = torch.cuda.current_stream(self.device)
+                compute.wait_stream(self.copy_stream)
+                dev.record_stream(compute)
+            else:
+                dev = block
+            x = self.normalize(dev.permute(2, 0, 1).unsqueeze(0))[0]  # (C, H, W)
+            t = self.tile
+            cols = (torch.as_tensor(offsets, dtype=torch.long)[:, None] + torch.arange(t)).to(self.device)
+            out = x[:, :, cols].permute(2, 0, 1, 3)  # (n, C, H, T)
+        self.preprocess_seconds += time.perf_counter() - t0
+        return out
+
+    copy_stream: Any = None
+
+    def run(self, backend: Any, items: Sequence[tuple[torch.Tensor, int]]) -> torch.Tensor:
+        """Tiles (a row tensor of ``tiles``, index in it) to weighted probabilities (N, K, T, T) on the device: the
+        runs of tiles of each row concatenated into one batch (channels_last on CUDA), the model, the window."""
         with torch.inference_mode():
             t0 = time.perf_counter()
-            x = self.normalize(self.upload(tiles))
-            self.preprocess_seconds = time.perf_counter() - t0
+            pieces: list[torch.Tensor] = []
+            start = 0
+            for i in range(1, len(items) + 1):
+                if i == len(items) or items[i][0] is not items[start][0] or items[i][1] != items[i - 1][1] + 1:
+                    rows, a = items[start]
+                    pieces.append(rows[a: a + i - start])
+                    start = i
+            fmt = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+            x = (torch.cat(pieces) if len(pieces) > 1 else pieces[0]).contiguous(memory_format=fmt)
+            self.preprocess_seconds += time.perf_counter() - t0
             return backend.probabilities_on_device(x).mul_(self.window)
 
-    def add(self, weighted: torch.Tensor, i: int, x: int) -> None:
-        """Weighted tile ``i`` of a batch at accumulator column ``x``."""
-        t = self.tile
-        self.acc[:, :, x: x + t] += weighted[i]
-        self.wsum[:, x: x + t] += self.window
+    def add_tiles(self, weighted: torch.Tensor, i0: int, i1: int, xs: Sequence[int]) -> None:
+        """Weighted tiles [i0, i1) of a batch, all of one row, at accumulator columns ``xs``: one ``index_add_``
+        each for the probabilities and the weights (on a CPU in tile order, as the host accumulator adds them)."""
+        t, m = self.tile, i1 - i0
+        with torch.inference_mode():
+            cols = (torch.as_tensor(xs, dtype=torch.long)[:, None] + torch.arange(t)).reshape(-1).to(self.device)
+            k = self.acc.shape[0]
+            part = weighted[i0:i1].permute(1, 2, 0, 3).reshape(k, t, m * t)
+            self.acc.index_add_(2, cols, part)
+            self.wsum.index_add_(1, cols, self.window.repeat(1, m))
 
     def strip(self, y: int, n_rows: int, lo: int, hi: int, c0: int, c1: int) -> DeviceStrip:
         """Rows [y, y + n_rows) of columns [c0, c1): accumulator rows [lo, hi) fill the last ``hi - lo`` of them;
@@ -137,41 +176,13 @@ class DeviceBlender:
         return DeviceStrip(y, class_map(planes, computed), planes if self.probabilities else None, stream)
 
 
-class PinnedUploader:
-    """Batches of raw tiles (N, H, W, C) to the device through two pinned host buffers, copied on a side stream
-    so that the copy of one batch overlaps the model on the previous one (CUDA); plain tensors on a CPU."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.cuda = device.type == "cuda"
-        self.stream = torch.cuda.Stream(device) if self.cuda else None
-        self._buffers: list[tuple[torch.Tensor | None, Any]] = [(None, None), (None, None)]
-        self._turn = 0
-
-    def __call__(self, tiles: Sequence[np.ndarray]) -> torch.Tensor:
-        """The tiles stacked (N, C, H, W) on the device, in their dtype, channels_last in memory."""
-        if len({t.dtype for t in tiles}) > 1:  # stored and resampled pixels in one batch: float32 holds both
-            tiles = [t.astype(np.float32) for t in tiles]
-        shape = (len(tiles),) + tiles[0].shape
-        if not self.cuda:
-            return torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2)
-        buf, done = self._buffers[self._turn]
-        dtype = torch.from_numpy(tiles[0][:0]).dtype
-        if done is not None:
-            done.synchronize()  # the earlier copy out of this buffer has finished
-        if buf is None or buf.dtype != dtype or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
-            buf = torch.empty(shape, dtype=dtype, pin_memory=True)
-        host = buf[: shape[0]]
-        np.stack(tiles, out=host.numpy())
-        compute = torch.cuda.current_stream(self.device)
-        assert self.stream is not None
-        # The copy does not wait for the model on the previous batch: it overlaps it.
-        with torch.cuda.stream(self.stream):
-            dev = host.to(self.device, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record(self.stream)
-        compute.wait_stream(self.stream)
-        dev.record_stream(compute)
-        self._buffers[self._turn] = (buf, event)
-        self._turn ^= 1
-        return dev.permute(0, 3, 1, 2)
+def host_block(block: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A raw block (H, W, C) as a host tensor ready for ``DeviceBlender.tiles``: copied into page-locked memory
+    for a CUDA device (the upload then runs on a stream while the host goes on; PyTorch's caching host allocator
+    keeps the buffer until that copy is done), the array itself otherwise. Called by the reading threads."""
+    host = torch.from_numpy(np.ascontiguousarray(block))
+    if device.type != "cuda":
+        return host
+    pinned = torch.empty(host.shape, dtype=host.dtype, pin_memory=True)
+    pinned.copy_(host)
+    return pinned

@@ -81,6 +81,27 @@ def _compress_pool() -> ThreadPoolExecutor:
     return _POOL
 
 
+REDUCE_CHUNK_PIXELS = 1 << 20
+"""Rows to halve of more than this many pixels are split into column chunks halved by the compressing threads at
+once (numpy releases the interpreter lock in its loops): a 384-row strip of an 8192-px-wide map takes 3 chunks."""
+
+
+def _in_column_chunks(reduce: Any, rows: np.ndarray) -> np.ndarray:
+    """``reduce`` of (2n, 2m, C) rows, computed on column chunks of an even width in parallel and joined (the same
+    pixels: each output pixel depends on its own 2 × 2 block only)."""
+    height, width = rows.shape[:2]
+    if height * width <= REDUCE_CHUNK_PIXELS or width < 4:
+        return reduce(rows)
+    step = max(2, (REDUCE_CHUNK_PIXELS // max(height, 1)) // 2 * 2)
+    out = np.empty((height // 2, width // 2) + rows.shape[2:], rows.dtype)
+
+    def part(x: int) -> None:
+        out[:, x // 2: (x + step) // 2] = reduce(rows[:, x: x + step])
+
+    list(_compress_pool().map(part, range(0, width, step)))
+    return out
+
+
 def ome_color(rgb: tuple[int, int, int]) -> int:
     """An RGB colour as OME-XML writes it: RGBA packed into a signed 32-bit integer."""
     r, g, b = (int(c) & 255 for c in rgb)
@@ -206,7 +227,7 @@ class ClassMapWriter:
             level.pending = rows[even:].copy() if even < rows.shape[0] else None
             if even:
                 cols = self._levels[index + 1].width * 2
-                self._push(index + 1, self._reduce(rows[:even, :cols]))
+                self._push(index + 1, _in_column_chunks(self._reduce, rows[:even, :cols]))
 
     def _flush(self, level: _Level) -> None:
         """Compress the buffered row of tiles (zero-padded at the edges) into the spool."""

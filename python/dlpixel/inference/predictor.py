@@ -25,7 +25,7 @@ from ..data.preprocessing import ChannelStats
 from ..errors import ClassifierError, ConfigError
 from ..runtime.events import CancelToken, Emitter
 from ..runtime.tiling import Grid, blend_window
-from .reading import normalize_raw, read_raw_row
+from .reading import normalize_raw, read_raw_block, read_raw_row
 
 
 class Backend(Protocol):
@@ -69,11 +69,16 @@ def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
 
 
 class TorchBackend:
-    """PyTorch in eval mode; on CUDA with channels_last and autocast (bf16 where supported, else fp16)."""
+    """PyTorch in eval mode; on CUDA with channels_last and autocast (bf16 where supported, else fp16), and with
+    ``cuda_graphs`` the model replayed as a CUDA graph on the device path: one launch per batch instead of one per
+    layer, so the launching thread needs the interpreter lock a few times per batch while the writer and the
+    readers work beside it (captured once per tile shape at the batch size of its first call; shorter batches run
+    padded to it; a model that cannot be captured runs as it is, with one warning)."""
 
     name = "torch"
 
-    def __init__(self, model: object, device: str = "auto", precision: str | bool = "bf16", compile: bool = False):
+    def __init__(self, model: object, device: str = "auto", precision: str | bool = "bf16", compile: bool = False,
+                 cuda_graphs: bool = True):
         import torch
 
         from ..runtime.device import autocast_dtype, precision_name, resolve_device
@@ -84,20 +89,68 @@ class TorchBackend:
         self.amp = autocast_dtype(self.dev, precision)
         self.precision = precision_name(self.amp)
         self.model = model.to(self.dev).eval()  # type: ignore[attr-defined]
+        self.cuda_graphs = cuda_graphs and self.dev.type == "cuda" and not compile
+        self._graphs: dict[tuple[int, ...], Any] = {}
         if self.dev.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
             if compile:
                 self.model = torch.compile(self.model)
 
-    def probabilities_on_device(self, x: object) -> object:
-        """Class probabilities (N, K, T, T) float32 of a float32 batch already on the device, left there."""
+    def _forward(self, x: Any) -> Any:
         torch = self.torch
-        with torch.inference_mode(), torch.autocast(self.dev.type, dtype=self.amp, enabled=self.amp is not None):
+        with torch.autocast(self.dev.type, dtype=self.amp, enabled=self.amp is not None, cache_enabled=False):
+            return torch.softmax(self.model(x).float(), dim=1)
+
+    def probabilities_on_device(self, x: object) -> object:
+        """Class probabilities (N, K, T, T) float32 of a float32 batch already on the device, left there (with CUDA
+        graphs, a view of the graph's output: valid until the next call)."""
+        torch = self.torch
+        with torch.inference_mode():
             if self.dev.type == "cpu":
                 x = x.contiguous()  # type: ignore[attr-defined]
-                return torch.cat([torch.softmax(self.model(c).float(), dim=1)
+                return torch.cat([self._forward(c)
                                   for c in x.split(max(1, TORCH_CPU_CHUNK_PIXELS // (x.shape[2] * x.shape[3])))])
-            return torch.softmax(self.model(x).float(), dim=1)
+            if self.cuda_graphs:
+                graphed = self._graphed(x)
+                if graphed is not None:
+                    return graphed
+            return self._forward(x)
+
+    def _graphed(self, x: Any) -> Any:
+        torch = self.torch
+        n, key = int(x.shape[0]), tuple(int(v) for v in x.shape[1:])
+        entry = self._graphs.get(key)
+        if entry is None or entry[0].shape[0] < n:
+            try:
+                entry = self._capture(n, key)
+            except Exception as err:  # noqa: BLE001 - any op the graph cannot hold: run the model eagerly
+                import warnings
+
+                warnings.warn(f"the model cannot run as a CUDA graph ({str(err).splitlines()[0][:160]}); it runs "
+                              "layer by layer", RuntimeWarning, stacklevel=3)
+                self.cuda_graphs = False
+                torch.cuda.synchronize(self.dev)
+                return None
+            self._graphs[key] = entry
+        static_in, static_out, graph = entry
+        static_in[:n].copy_(x)
+        graph.replay()
+        return static_out[:n]
+
+    def _capture(self, n: int, key: tuple[int, ...]) -> tuple[Any, Any, Any]:
+        torch = self.torch
+        static_in = torch.zeros((n, *key), dtype=torch.float32, device=self.dev).contiguous(
+            memory_format=torch.channels_last)
+        side = torch.cuda.Stream(self.dev)
+        side.wait_stream(torch.cuda.current_stream(self.dev))
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up outside the graph (cuDNN picks its kernels, lazy buffers appear)
+                self._forward(static_in)
+        torch.cuda.current_stream(self.dev).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self._forward(static_in)
+        return static_in, static_out, graph
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         if self.dev.type == "cpu":
@@ -109,8 +162,8 @@ class TorchBackend:
         x = torch.from_numpy(batch).to(self.dev, non_blocking=True)
         if self.dev.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(self.dev.type, dtype=self.amp, enabled=self.amp is not None):
-            probs = torch.softmax(self.model(x).float(), dim=1)
+        with torch.inference_mode():
+            probs = self._forward(x)
         return probs.cpu().numpy()
 
 
@@ -173,7 +226,7 @@ class OnnxBackend:
 
 
 def load_backend(folder: Path, meta: ClassifierMetadata, backend: str = "auto", device: str = "auto",
-                 precision: str = "bf16") -> Backend:
+                 precision: str = "bf16", cuda_graphs: bool = True) -> Backend:
     """The classifier's model on the requested backend; ``auto`` is PyTorch on a GPU, else ONNX Runtime when the
     classifier has an ONNX file (faster on CPUs), else PyTorch."""
     from ..classifiers import store
@@ -216,7 +269,7 @@ def load_backend(folder: Path, meta: ClassifierMetadata, backend: str = "auto", 
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise ClassifierError(f"{weights} does not hold the weights of this classifier ({len(meta.classes)} classes, "
                               f"{meta.backbone}): {first}; export or train it again") from None
-    return TorchBackend(model, device, precision)
+    return TorchBackend(model, device, precision, cuda_graphs=cuda_graphs)
 
 
 @dataclass
@@ -281,6 +334,9 @@ class Predictor:
         self.on_device = on_device
         """Blend on the model's device (PyTorch): raw tiles in, uint8 class strips out. None: on a CUDA device."""
         self.keep_probabilities = True
+        self.writer_thread = True
+        """Whether ``ahead_of_writer`` computes strips in a background thread (else in the caller's, between
+        writes)."""
         """Whether strips carry probabilities (off: class maps only, nothing else leaves the device)."""
         self.timings: dict[str, float] = {}
         """Seconds per stage of the last ``strips`` (read: waiting for tiles; model; blend; write: the caller)."""
@@ -301,17 +357,19 @@ class Predictor:
         return self.backend.device == "cuda" if self.on_device is None else self.on_device
 
     def ahead_of_writer(self, strips: Iterable[Strip], name: str = "dlpixel-apply") -> Generator[Strip, None, None]:
-        """``strips`` as the writer of ``apply`` takes them. On the host path they are computed in a background
-        thread a few ahead of the writer (``runtime.pipeline.run_ahead``: the model and ONNX Runtime release the
-        interpreter lock, so writing overlaps them). On the device path they stay in the caller's thread: there a
-        second Python thread contends for the interpreter lock with the thread that launches the model's kernels
-        (on an H100, efficientnet-lite0 at 256 px fell from 0.17 to 0.06 of the model's speed), so the writer runs
-        between batches while the device computes the batch just launched. Either way ``close()`` closes
-        ``strips``."""
-        if self.uses_device():
-            return _same_thread(strips)
-        from ..runtime.pipeline import run_ahead
+        """``strips`` as the writer of ``apply`` takes them: computed in a background thread a few strips ahead of
+        the writer (``runtime.pipeline.run_ahead``), so writing overlaps the model (PyTorch and ONNX Runtime
+        release the interpreter lock while they compute). On the device path the model runs as a CUDA graph (one
+        launch per batch) and the interpreter switches threads more often while it runs
+        (``runtime.pipeline.short_switch_interval``), so the launching thread is not held up by the writer's
+        Python; ``writer_thread = False`` keeps the strips in the caller's thread instead (the writer then works
+        between batches). Either way ``close()`` closes ``strips``."""
+        from ..runtime.pipeline import run_ahead, short_switch_interval
 
+        if not self.writer_thread:
+            return _same_thread(strips)
+        if self.uses_device():
+            return _switching(run_ahead(strips, depth=3, name=name), short_switch_interval())
         return run_ahead(strips, name=name)  # type: ignore[return-value]
 
     def strips(
@@ -350,9 +408,19 @@ class Predictor:
         timings = self.timings = {"read": 0.0, "preprocess": 0.0, "model": 0.0, "blend": 0.0, "write": 0.0}
         state = {"buf_y": rows[0][0], "emitted": y0}
 
-        def read_row(y: int, xs: list[int]) -> list[np.ndarray]:
-            # Raw pixels (uint8: a quarter of float32) wait in the queue; normalisation comes with the batch.
-            return read_raw_row(source, pre, ds, xs, y, t)
+        if device:
+            from .gpu import host_block
+
+            dev = self.backend.dev  # type: ignore[attr-defined]
+
+            def read_row(y: int, xs: list[int]) -> Any:
+                # One block of raw pixels per row, page-locked for its upload; cut into tiles on the device.
+                block, offsets = read_raw_block(source, pre, ds, xs, y, t)
+                return host_block(block, dev), offsets
+        else:
+            def read_row(y: int, xs: list[int]) -> Any:
+                # Raw pixels (uint8: a quarter of float32) wait in the queue; normalisation comes with the batch.
+                return read_raw_row(source, pre, ds, xs, y, t)
 
         def strip(until: int) -> Strip | None:
             until = min(until, y1)
@@ -394,9 +462,13 @@ class Predictor:
                 while len(ready) < n and (futures or cursor < len(plan)):
                     fill()
                     r, fut = futures.popleft()
-                    tiles = fut.result()
-                    queued -= len(tiles)
-                    ready.extend((r, x, tile) for x, tile in zip(plan[r][1], tiles))
+                    xs = plan[r][1]
+                    if device and xs:
+                        rows_tiles = blender.tiles(*fut.result())
+                        ready.extend((r, x, (rows_tiles, i)) for i, x in enumerate(xs))
+                    elif not device:
+                        ready.extend((r, x, tile) for x, tile in zip(xs, fut.result()))
+                    queued -= len(xs)
                     fill()
                 timings["read"] += time.perf_counter() - t0
                 return [ready.popleft() for _ in range(min(n, len(ready)))]
@@ -407,27 +479,36 @@ class Predictor:
             start = time.perf_counter()
             while True:
                 self.cancel.check()
+                blender.preprocess_seconds = 0.0
                 batch = take(self.batch_size)
                 if not batch:
                     break
                 t0 = time.perf_counter()
+                before = blender.preprocess_seconds
                 probs = blender.run(self.backend, [tile for _, _, tile in batch])
                 t1 = time.perf_counter()
                 timings["preprocess"] += blender.preprocess_seconds
-                timings["model"] += t1 - t0 - blender.preprocess_seconds
+                timings["read"] -= before  # rows made ready on the device while waiting for them
+                timings["model"] += t1 - t0 - (blender.preprocess_seconds - before)
                 # The strips finished by the previous batch go out now, while this one computes.
                 for out in pending:
                     yield out
                 pending = []
                 t2 = time.perf_counter()
                 timings["write"] += t2 - t1
-                for i, (r, x, _) in enumerate(batch):
+                i = 0
+                while i < len(batch):  # each row's run of tiles in the batch is blended at once
+                    r = batch[i][0]
+                    j = i + 1
+                    while j < len(batch) and batch[j][0] == r:
+                        j += 1
                     while next_row <= r:
                         out = start_row(next_row)
                         if out is not None:
                             pending.append(out)
                         next_row += 1
-                    blender.add(probs, i, x - ax0)
+                    blender.add_tiles(probs, i, j, [x - ax0 for _, x, _ in batch[i:j]])
+                    i = j
                 timings["blend"] += time.perf_counter() - t2
                 done += len(batch)
                 elapsed = time.perf_counter() - start
@@ -448,17 +529,26 @@ class Predictor:
                 timings["write"] += time.perf_counter() - t1
 
     def _device_blender(self, width: int, pre: Any, stats: ChannelStats) -> Any:
-        from .gpu import DeviceBlender, PinnedUploader, TorchNormalizer
+        from .gpu import DeviceBlender, TorchNormalizer
 
         backend: Any = self.backend
         blender = DeviceBlender(self.n_classes, self.tile, width, self.window, backend.dev, self.keep_probabilities)
-        blender.upload = PinnedUploader(backend.dev)
         blender.normalize = TorchNormalizer(pre, stats, pre.n_inputs, backend.dev)
         return blender
 
 
 def _same_thread(strips: Iterable[Strip]) -> Generator[Strip, None, None]:
     yield from strips  # close() reaches ``strips``
+
+
+def _switching(strips: Iterator[Strip], switch: Any) -> Generator[Strip, None, None]:
+    with switch:
+        try:
+            yield from strips
+        finally:
+            close = getattr(strips, "close", None)
+            if close is not None:
+                close()
 
 
 class _HostBlender:
@@ -483,10 +573,12 @@ class _HostBlender:
         probs *= self.window
         return probs
 
-    def add(self, probs: np.ndarray, i: int, x: int) -> None:
+    def add_tiles(self, probs: np.ndarray, i0: int, i1: int, xs: list[int]) -> None:
+        """Weighted tiles [i0, i1) of a batch at accumulator columns ``xs``, one after the other."""
         t = self.tile
-        self.acc[:, :, x: x + t] += probs[i]
-        self.wsum[:, x: x + t] += self.window
+        for i, x in zip(range(i0, i1), xs):
+            self.acc[:, :, x: x + t] += probs[i]
+            self.wsum[:, x: x + t] += self.window
 
     def shift(self, rows: int) -> None:
         t = self.tile

@@ -26,21 +26,32 @@ def _raw_tile_with_context(source: ImageSource, pre: Preprocessing, downsample: 
     return read_raw_tile(source, pre, downsample, x * downsample, y * downsample, size)
 
 
+def read_raw_block(source: ImageSource, pre: Preprocessing, downsample: float, xs: Sequence[int], y: int,
+                   size: int) -> tuple[np.ndarray, list[int]]:
+    """The raw tiles at map position (x, y) for each x of ``xs`` (ascending) as one block (size, width, n_inputs)
+    and the column where each tile starts in it: the strip the row spans, read once, where the tiles are dense;
+    the tiles side by side where they are sparse or carry context channels. The image's dtype where map pixels are
+    stored pixels, float32 where they are resampled; equal to ``read_tile`` before normalisation."""
+    if not xs:
+        return np.zeros((size, 0, pre.n_inputs), np.float32), []
+    x0, x1 = xs[0], xs[-1] + size
+    if pre.context_scale > 1 or (x1 - x0) > MAX_STRIP_WASTE * size * len(xs):
+        if pre.context_scale > 1:
+            tiles = [_raw_tile_with_context(source, pre, downsample, x, y, size) for x in xs]
+        else:
+            tiles = [read_pixels(source, 0.0, 0.0, downsample, x, y, size, size, pre.channels) for x in xs]
+        if len({t.dtype for t in tiles}) > 1:  # stored and resampled pixels side by side: float32 holds both
+            tiles = [t.astype(np.float32) for t in tiles]
+        return np.concatenate(tiles, axis=1), [i * size for i in range(len(xs))]
+    strip = read_pixels(source, 0.0, 0.0, downsample, x0, y, x1 - x0, size, pre.channels)
+    return strip, [x - x0 for x in xs]
+
+
 def read_raw_row(source: ImageSource, pre: Preprocessing, downsample: float, xs: Sequence[int], y: int,
                  size: int) -> list[np.ndarray]:
-    """Raw tiles (size, size, n_inputs) at map position (x, y) for each x of ``xs`` (ascending): the image's dtype
-    where map pixels are stored pixels, float32 where they are resampled. Equal to ``read_tile`` before
-    normalisation."""
-    if not xs:
-        return []
-    if pre.context_scale > 1:
-        return [_raw_tile_with_context(source, pre, downsample, x, y, size) for x in xs]
-    x0, x1 = xs[0], xs[-1] + size
-    if (x1 - x0) > MAX_STRIP_WASTE * size * len(xs):
-        return [np.ascontiguousarray(read_pixels(source, 0.0, 0.0, downsample, x, y, size, size, pre.channels))
-                for x in xs]
-    strip = read_pixels(source, 0.0, 0.0, downsample, x0, y, x1 - x0, size, pre.channels)
-    return [np.ascontiguousarray(strip[:, x - x0: x - x0 + size]) for x in xs]
+    """The tiles of ``read_raw_block``, each its own (size, size, n_inputs) array."""
+    block, offsets = read_raw_block(source, pre, downsample, xs, y, size)
+    return [np.ascontiguousarray(block[:, c: c + size]) for c in offsets]
 
 
 def normalize_raw(raw: np.ndarray, pre: Preprocessing, stats: ChannelStats) -> np.ndarray:

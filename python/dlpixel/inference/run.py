@@ -158,7 +158,7 @@ def apply_classifier(
     for folder in dict.fromkeys(output_folder(project, im, classifier, cfg.output) for im in images):
         if folder is not None:
             check_output_folder(folder, project.root if folder.is_relative_to(project.root) else None)
-    backend = load_backend(entry.path, meta, cfg.backend, cfg.device, cfg.precision)
+    backend = load_backend(entry.path, meta, cfg.backend, cfg.device, cfg.precision, cfg.cuda_graphs)
     precision = getattr(backend, "precision", "fp32")
     emit("stage", stage="inference", message=f"applying '{classifier}' with {backend.name} on {backend.device} "
          f"({precision})", backend=backend.name, device=backend.device, precision=precision)

@@ -9,7 +9,9 @@ in its own loop; when the caller stops early, the producer is closed before ``ru
 
 from __future__ import annotations
 
+import contextlib
 import queue
+import sys
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
@@ -20,6 +22,34 @@ _POLL_S = 0.1
 """How often a waiting side looks whether the other has stopped (a Ctrl-C reaches a waiting caller within this)."""
 
 _END = object()
+
+SWITCH_INTERVAL_S = 0.0005
+"""The interpreter's thread switch interval while a device pipeline runs (Python's default is 0.005 s). Each
+PyTorch call gives up the interpreter lock and takes it back; when a writer or reader thread runs Python code at
+that moment, the launching thread waits up to one interval, and a batch makes dozens of such calls."""
+
+_switch_lock = threading.Lock()
+_switch_users = 0
+_switch_saved = 0.0
+
+
+@contextlib.contextmanager
+def short_switch_interval(seconds: float = SWITCH_INTERVAL_S) -> Iterator[None]:
+    """Lower the interpreter's switch interval to at most ``seconds`` while the block runs (nested and concurrent
+    uses share one change; the last to leave restores the interval)."""
+    global _switch_users, _switch_saved
+    with _switch_lock:
+        if _switch_users == 0:
+            _switch_saved = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switch_saved, seconds))
+        _switch_users += 1
+    try:
+        yield
+    finally:
+        with _switch_lock:
+            _switch_users -= 1
+            if _switch_users == 0:
+                sys.setswitchinterval(_switch_saved)
 
 
 def run_ahead(items: Iterable[T], depth: int = 2, name: str = "dlpixel-ahead") -> Iterator[T]:
