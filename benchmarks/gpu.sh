@@ -14,10 +14,12 @@
 #   1. the machine: GPU, driver, CPU cores, torch and CUDA versions
 #   2. an 8192 x 8192 RGB pyramidal OME-TIFF (zlib tiles of 256 px)
 #   3. dlpixel bench inference on it: apply end to end vs the model alone on device-resident tensors, bf16,
-#      U-Net resnet34 at 512 px (batch 32) and efficientnet-lite0 at 256 px (batch 64), 2 and 8 reader threads;
-#      per-stage seconds and peak GPU memory (target: pipeline_efficiency >= 0.6)
-#   4. dlpixel bench train: trainer.fit (320 training + 64 validation tiles per epoch, validation included) vs the
-#      training step alone, resnet34 512 px, bf16, auto (the default) and 0 DataLoader workers, and torch.compile
+#      U-Net resnet34 at 512 px (batch 32) and efficientnet-lite0 at 256 px (batch 64), 8 and 2 reader threads,
+#      then without the writer thread and without CUDA graphs; per-stage seconds and peak GPU memory
+#      (target: pipeline_efficiency >= 0.6)
+#   4. dlpixel bench train: trainer.fit (320 training + 64 validation tiles per epoch, 5 epochs, validation
+#      included) vs the training step alone, resnet34 512 px, bf16: the defaults (tiles resident on the GPU), and
+#      torch.compile
 #      with WITH_COMPILE=1 (target: loop_efficiency >= 0.8)
 #   (the fp32 apply run with WITH_FP32=1)
 #   5. the test suite on CUDA (tests that need a QuPath JVM skip themselves where there is none)
@@ -49,7 +51,7 @@ if [ "$cmd" = fetch ]; then
   exit 0
 fi
 case $cmd in
-  run) DEV=cuda SIZE=8192 TRAIN=320 VAL=64 EPOCHS=3 REPEATS=2 BIG=512 SMALL=256 BBATCH=32 SBATCH=64 TBATCH=16 ;;
+  run) DEV=cuda SIZE=8192 TRAIN=320 VAL=64 EPOCHS=5 REPEATS=2 BIG=512 SMALL=256 BBATCH=32 SBATCH=64 TBATCH=16 ;;
   check) DEV=cpu SIZE=1024 TRAIN=8 VAL=4 EPOCHS=2 REPEATS=1 BIG=128 SMALL=64 BBATCH=4 SBATCH=8 TBATCH=4 ;;
   *) echo "usage: benchmarks/gpu.sh fetch | check [FILE] | run [FILE]"; exit 2 ;;
 esac
@@ -99,29 +101,39 @@ bench() {  # label, then dlpixel bench arguments
   say "(step took $((SECONDS - t0)) s)"
 }
 say "## apply end to end vs the model alone ($DEV, bf16, device-resident inputs)"
-for threads in 2 8; do
-  bench "U-Net resnet34 $BIG px, batch $BBATCH, $threads reader threads" inference --image "$IMG" --backbone resnet34 \
-    --tile-size $BIG --batch-size $BBATCH --device $DEV --backend torch --precision bf16 --reader-threads $threads \
-    --repeats $REPEATS
-  bench "U-Net efficientnet-lite0 $SMALL px, batch $SBATCH, $threads reader threads" inference --image "$IMG" \
-    --backbone efficientnet-lite0 --tile-size $SMALL --batch-size $SBATCH --device $DEV --backend torch \
-    --precision bf16 --reader-threads $threads --repeats $REPEATS
-done
+# The defaults (CUDA graphs, strips computed beside the writer), then each without one of them.
+COMMON="--image $IMG --device $DEV --backend torch --precision bf16 --path device --repeats $REPEATS"
+BIGM="--backbone resnet34 --tile-size $BIG --batch-size $BBATCH"
+SMALLM="--backbone efficientnet-lite0 --tile-size $SMALL --batch-size $SBATCH"
+bench "U-Net resnet34 $BIG px, batch $BBATCH, 8 reader threads" inference $COMMON $BIGM --reader-threads 8
+bench "U-Net efficientnet-lite0 $SMALL px, batch $SBATCH, 8 reader threads" inference $COMMON $SMALLM --reader-threads 8
+bench "U-Net resnet34 $BIG px, batch $BBATCH, 2 reader threads (the default)" inference $COMMON $BIGM --reader-threads 2
+bench "U-Net efficientnet-lite0 $SMALL px, batch $SBATCH, 2 reader threads (the default)" inference $COMMON $SMALLM \
+  --reader-threads 2
+bench "U-Net resnet34 $BIG px, 8 reader threads, writer between batches" inference $COMMON $BIGM --reader-threads 8 \
+  --inline-writer
+bench "U-Net efficientnet-lite0 $SMALL px, 8 reader threads, writer between batches" inference $COMMON $SMALLM \
+  --reader-threads 8 --inline-writer
+bench "U-Net resnet34 $BIG px, 8 reader threads, no CUDA graphs" inference $COMMON $BIGM --reader-threads 8 \
+  --no-cuda-graphs
+bench "U-Net efficientnet-lite0 $SMALL px, 8 reader threads, no CUDA graphs" inference $COMMON $SMALLM \
+  --reader-threads 8 --no-cuda-graphs
 if [ "${WITH_FP32:-0}" = 1 ]; then
   bench "U-Net resnet34 $BIG px, batch $BBATCH, fp32 (the precision setting)" inference --image "$IMG" \
     --backbone resnet34 --tile-size $BIG --batch-size $BBATCH --device $DEV --backend torch --precision fp32 \
-    --reader-threads 2 --repeats 1
+    --reader-threads 8 --repeats 1
 fi
 
 say "## training loop vs the training step alone ($DEV, bf16; $TRAIN training + $VAL validation tiles per epoch)"
-for workers in auto 0; do
-  bench "resnet34 $BIG px, batch $TBATCH, $workers workers" train --backbone resnet34 --tile-size $BIG \
-    --batch-size $TBATCH --train-tiles $TRAIN --val-tiles $VAL --epochs $EPOCHS --device $DEV --precision bf16 \
-    --num-workers $workers
-done
+bench "resnet34 $BIG px, batch $TBATCH, the defaults (tiles resident on the GPU)" train --backbone resnet34 \
+  --tile-size $BIG --batch-size $TBATCH --train-tiles $TRAIN --val-tiles $VAL --epochs $EPOCHS --device $DEV \
+  --precision bf16
+bench "resnet34 $BIG px, batch $TBATCH, from the DataLoader (auto workers)" train --backbone resnet34 \
+  --tile-size $BIG --batch-size $TBATCH --train-tiles $TRAIN --val-tiles $VAL --epochs $EPOCHS --device $DEV \
+  --precision bf16 --no-device-cache
 if [ "$DEV" = cuda ]; then
   if [ "${WITH_COMPILE:-0}" = 1 ]; then
-    bench "resnet34 $BIG px, batch $TBATCH, auto workers, torch.compile" train --backbone resnet34 \
+    bench "resnet34 $BIG px, batch $TBATCH, torch.compile" train --backbone resnet34 \
       --tile-size $BIG --batch-size $TBATCH --train-tiles $TRAIN --val-tiles $VAL --epochs $EPOCHS --device $DEV \
       --precision bf16 --compile
   fi

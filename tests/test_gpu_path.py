@@ -384,3 +384,78 @@ def test_training_with_persistent_workers_equals_training_without():
     assert a.history[0]["train_loss"] != a.history[1]["train_loss"]
     for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(va, vb), k
+
+
+def test_symmetry_probe_names_the_augmentations_own_flips_and_turns():
+    """``d4_code`` reads which of the 8 symmetries the augmentation draws from its effect on a 2 × 2 probe;
+    ``d4_torch`` then moves a whole tile's pixels (and its mask's) exactly as the augmentation does."""
+    from dlpixel.training.augment import build_augmentation
+    from dlpixel.training.trainer import d4_code, d4_torch
+
+    rng = np.random.default_rng(6)
+    image = rng.integers(0, 256, (24, 24, 3)).astype(np.uint8)
+    mask = rng.integers(0, 3, (24, 24)).astype(np.uint8)
+    augment = build_augmentation(TrainingConfig().augment, 24, seed=0)
+    seen = set()
+    for i in range(64):
+        want_image, want_mask = augment(image, mask, np.random.default_rng([2, 1, i]))
+        code = d4_code(augment, np.random.default_rng([2, 1, i]))
+        seen.add(code)
+        got = d4_torch(torch.from_numpy(image).permute(2, 0, 1), code).permute(1, 2, 0)
+        assert np.array_equal(got.numpy(), want_image)
+        assert np.array_equal(d4_torch(torch.from_numpy(mask), code).numpy(), want_mask)
+    assert seen == set(range(8))
+
+
+def test_device_cache_batches_equal_the_dataloader_batches():
+    """Batches gathered, turned and normalised from the resident cache equal the DataLoader's (``PatchDataset(raw)``
+    + ``DeviceInputs``) bit for bit, epoch by epoch, in the sampler's order; validation batches likewise."""
+    from dlpixel.training.augment import build_augmentation
+    from dlpixel.training.bench import _synthetic_cache
+    from dlpixel.training.trainer import DeviceCache, DeviceInputs, EpochSampler, PatchDataset
+
+    cache = _synthetic_cache(11, 32)
+    cpu = torch.device("cpu")
+    train_idx, val_idx = [0, 2, 3, 5, 6, 7, 8, 10], [1, 4, 9]
+    augment = build_augmentation(TrainingConfig().augment, 32, seed=0)
+    ds = PatchDataset(cache, train_idx, augment, seed=3, raw=True)
+    sampler = EpochSampler(torch.utils.data.RandomSampler(ds, generator=torch.Generator().manual_seed(1)), ds)
+    twin_ds = PatchDataset(cache, train_idx, augment, seed=3, raw=True)
+    twin = EpochSampler(torch.utils.data.RandomSampler(twin_ds, generator=torch.Generator().manual_seed(1)), twin_ds)
+    loader = torch.utils.data.DataLoader(twin_ds, batch_size=3, sampler=twin)
+    resident = DeviceCache(cache, cpu, augment, seed=3)
+    prepare = DeviceInputs(cpu, cache)
+    for epoch in (1, 2):
+        twin_ds.epoch = epoch
+        want = [prepare(b) for b in loader]
+        got = list(resident.epoch(sampler, 3, False, epoch, train_idx))
+        assert len(got) == len(want) == 3
+        for (xg, yg), (xw, yw) in zip(got, want):
+            assert torch.equal(xg, xw) and torch.equal(yg, yw)
+    val = torch.utils.data.DataLoader(PatchDataset(cache, val_idx, raw=True), batch_size=2)
+    for (xg, yg), (xw, yw) in zip(resident.validation(val_idx, 2), [prepare(b) for b in val]):
+        assert torch.equal(xg, xw) and torch.equal(yg, yw)
+
+
+def test_training_from_the_device_cache_equals_training_from_the_dataloader(monkeypatch):
+    """``fit`` with the resident cache gives the same losses and weights as with the DataLoader, both normalising
+    raw tiles as on a GPU."""
+    from dlpixel.models.factory import create_model
+    from dlpixel.training import trainer
+    from dlpixel.training.bench import _synthetic_cache
+
+    monkeypatch.setattr(trainer, "inputs_on_device", lambda cache, cfg, device: True)
+    cache = _synthetic_cache(10, 32)
+    runs = []
+    for resident in (False, True):
+        cfg = TrainingConfig(backbone="resnet18", tile_size=32, batch_size=4, epochs=2, early_stop_patience=0,
+                             device="cpu", num_workers=0, pretrained=False)
+        torch.manual_seed(0)
+        model, _ = create_model("resnet18", 3, 3, pretrained=False)
+        runs.append(trainer.fit(model, cache, list(range(8)), [8, 9], 3, cfg, np.ones(3, np.float32),
+                                device_cache=resident))
+    a, b = runs
+    assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
+    assert [r["val_loss"] for r in a.history] == [r["val_loss"] for r in b.history]
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(va, vb), k

@@ -29,7 +29,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from ..training.bench import bench_train
 
     result = bench_train(args.backbone, args.tile_size, args.batch_size, args.train_tiles, args.val_tiles,
-                         args.epochs, args.device, args.precision, args.num_workers, args.compile)
+                         args.epochs, args.device, args.precision, args.num_workers, args.compile, args.device_cache)
     return _print(result, args.json)
 
 
@@ -80,6 +80,8 @@ def register_cli(sub: Any) -> None:
     t.add_argument("--num-workers", type=_workers, default="auto",
                    help="DataLoader worker processes, or auto as in training (default %(default)s)")
     t.add_argument("--compile", action="store_true", help="torch.compile on CUDA")
+    t.add_argument("--no-device-cache", dest="device_cache", action="store_false",
+                   help="serve batches from a DataLoader even where the tiles fit on the GPU")
     t.add_argument("--json", action="store_true", help="one JSON object")
     t.set_defaults(func=_cmd_train)
     from .qupath import register_bench_cli

@@ -148,7 +148,7 @@ class TorchBackend:
                 self._forward(static_in)
         torch.cuda.current_stream(self.dev).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # readers allocate pinned memory meanwhile
             static_out = self._forward(static_in)
         return static_in, static_out, graph
 

@@ -1,7 +1,7 @@
 """Training throughput as a ratio against the training step alone, on the same device, batch and precision.
 
-``bench train`` runs ``trainer.fit`` (what ``dlpixel train`` runs after extracting tiles: the DataLoader with its
-workers and augmentation, the step, the loss read-outs, validation every epoch, best-weight copies) over a patch
+``bench train`` runs ``trainer.fit`` (what ``dlpixel train`` runs after extracting tiles: the batches, from the
+patch cache resident on a GPU or from a DataLoader with its workers, with their augmentation, the step, the loss read-outs, validation every epoch, best-weight copies) over a patch
 cache of synthetic raw tiles, and compares its training tiles per second with the step alone (forward, CE+Dice
 loss, backward, AdamW) on a batch already on the device: ``loop_efficiency`` = fit ÷ step alone. Validation time
 counts against the loop, as it does in a real run.
@@ -42,6 +42,7 @@ def bench_train(
     precision: str = "bf16",
     num_workers: int | str = "auto",
     compile: bool = False,
+    device_cache: bool = True,
 ) -> dict[str, Any]:
     """Training tiles per second of ``fit`` (validation included) and of the step alone, their ratio, and the
     seconds of each stage of one epoch: the DataLoader alone (read, normalise, augment, collate), the steps, and
@@ -52,7 +53,16 @@ def bench_train(
     from ..models.factory import create_model
     from ..runtime.device import autocast_dtype, precision_name, resolve_device
     from .losses import build_loss
-    from .trainer import DeviceInputs, PatchDataset, fit, inputs_on_device, resolve_workers, worker_context
+    from .trainer import (
+        DeviceCache,
+        DeviceInputs,
+        EpochSampler,
+        PatchDataset,
+        fit,
+        inputs_on_device,
+        resolve_workers,
+        worker_context,
+    )
 
     cfg = TrainingConfig(backbone=backbone, tile_size=tile_size, batch_size=batch_size, epochs=epochs,
                          early_stop_patience=0, device=device, precision=precision, num_workers=num_workers,
@@ -65,26 +75,37 @@ def bench_train(
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
-    # The DataLoader alone, one epoch, as ``fit`` builds it (raw tiles normalised on the device on CUDA): what the
-    # loop must hide behind the steps.
+    # The batches alone, one epoch, as ``fit`` makes them (from the tiles resident on the GPU, or by the DataLoader
+    # with raw tiles normalised on the device on CUDA): what the loop must hide behind the steps.
     from .augment import build_augmentation
 
     raw = inputs_on_device(cache, cfg, dev)
+    resident = bool(device_cache and raw and DeviceCache.fits(cache, dev))
     workers = resolve_workers(cfg, dev)
-    ds = PatchDataset(cache, train_idx, build_augmentation(cfg.augment, tile_size, seed=cfg.seed), seed=cfg.seed,
-                      raw=raw)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                         pin_memory=dev.type == "cuda", multiprocessing_context=worker_context(workers))
-    prepare = DeviceInputs(dev, cache if raw else None)
-    t0 = time.perf_counter()
-    for batch in loader:
-        prepare(batch)
+    augment = build_augmentation(cfg.augment, tile_size, seed=cfg.seed)
+    ds = PatchDataset(cache, train_idx, augment, seed=cfg.seed, raw=raw)
+    if resident:
+        device_cache = DeviceCache(cache, dev, augment, cfg.seed)
+        sampler = EpochSampler(torch.utils.data.RandomSampler(ds), ds)
+        sync()
+        t0 = time.perf_counter()
+        for _ in device_cache.epoch(sampler, batch_size, False, 1, train_idx):
+            pass
+    else:
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                             pin_memory=dev.type == "cuda",
+                                             multiprocessing_context=worker_context(workers))
+        prepare = DeviceInputs(dev, cache if raw else None)
+        t0 = time.perf_counter()
+        for batch in loader:
+            prepare(batch)
     sync()
     loader_s = time.perf_counter() - t0
+    del ds
 
     model, _ = create_model(backbone, 3, 3, pretrained=False)
     t0 = time.perf_counter()
-    history = fit(model, cache, train_idx, val_idx, 3, cfg, weights).history
+    history = fit(model, cache, train_idx, val_idx, 3, cfg, weights, device_cache=None if resident else False).history
     fit_s = time.perf_counter() - t0
     # After the first epoch (worker start-up, cuDNN autotuning and compilation behind it): what every further
     # epoch of a long run costs.
@@ -131,8 +152,9 @@ def bench_train(
         "backbone": backbone,
         "tile_size": tile_size,
         "batch_size": batch_size,
-        "num_workers": workers,
+        "num_workers": 0 if resident else workers,
         "inputs_normalised_on_device": raw,
+        "tiles_resident_on_device": resident,
         "compile": bool(compile and dev.type == "cuda"),
         "train_tiles": train_tiles,
         "val_tiles": val_tiles,
@@ -143,7 +165,7 @@ def bench_train(
         "fit_tiles_per_second_after_epoch_1": round(steady_tps, 2) if steady_tps else None,
         "loop_efficiency_after_epoch_1": round(steady_tps / step_tps, 3) if steady_tps else None,
         "seconds_fit": round(fit_s, 3),
-        "seconds_loader_one_epoch": round(loader_s, 3),
+        "seconds_batches_alone_one_epoch": round(loader_s, 3),
         "seconds_steps_one_epoch_at_step_speed": round(train_tiles / step_tps, 3),
         "seconds_per_epoch_fit": round(fit_s / epochs, 3),
         "gpu_peak_mib": round(torch.cuda.max_memory_allocated() / 2**20) if dev.type == "cuda" else None,

@@ -166,6 +166,94 @@ class DeviceInputs:
         return x, y
 
 
+_PROBE = np.arange(4, dtype=np.uint8).reshape(2, 2, 1)
+_PROBE_MASK = np.zeros((2, 2), np.uint8)
+_D4 = [(t, fv, fh) for t in (0, 1) for fv in (0, 1) for fh in (0, 1)]
+"""The 8 symmetries of a square: transpose, then flip rows, then flip columns."""
+
+
+def _d4_numpy(a: np.ndarray, code: int) -> np.ndarray:
+    t, fv, fh = _D4[code]
+    a = a.swapaxes(0, 1) if t else a
+    a = a[::-1] if fv else a
+    return a[:, ::-1] if fh else a
+
+
+_D4_OF_PROBE = {tuple(_d4_numpy(_PROBE, c).ravel()): c for c in range(len(_D4))}
+
+
+def d4_code(augment: Augment, rng: np.random.Generator) -> int:
+    """Which symmetry of the square ``augment`` (flips and 90° turns only) applies with ``rng``: it is run on a 2 × 2
+    probe whose four values tell where each corner went, so the draw is the augmentation's own."""
+    out, _ = augment(_PROBE, _PROBE_MASK, rng)
+    return _D4_OF_PROBE[tuple(np.asarray(out).ravel())]
+
+
+def d4_torch(x: torch.Tensor, code: int) -> torch.Tensor:
+    """Symmetry ``code`` of ``d4_code`` on the last two axes of ``x``: the same pixels as the augmentation moves."""
+    t, fv, fh = _D4[code]
+    x = x.transpose(-1, -2) if t else x
+    x = x.flip(-2) if fv else x
+    return x.flip(-1) if fh else x
+
+
+DEVICE_CACHE_MAX_BYTES = 4 << 30
+"""The raw tiles and masks of the patch cache are kept on the GPU when they take at most this much and a third of
+its free memory: batches are then gathered, turned and normalised there, with no DataLoader."""
+
+
+class DeviceCache:
+    """The raw patch cache resident on the device, served as training and validation batches equal to those of the
+    DataLoader path (``PatchDataset(raw=True)`` + ``DeviceInputs``): the same order (the sampler's), the same
+    augmentation draw per (seed, epoch, tile) through ``d4_code``, applied by ``d4_torch`` to the whole batch one
+    symmetry at a time, and the same normalisation (``TorchNormalizer``). For flips and 90° turns only."""
+
+    def __init__(self, cache: PatchCache, device: torch.device, augment: Augment | None, seed: int):
+        self.device, self.augment, self.seed = device, augment, seed
+        self.raw = torch.from_numpy(np.ascontiguousarray(cache.raw)).to(device)
+        self.masks = torch.from_numpy(np.ascontiguousarray(cache.masks)).to(device)
+        self.images = torch.as_tensor([t.image for t in cache.tiles], dtype=torch.long, device=device)
+        self.prepare = DeviceInputs(device, cache)
+
+    @staticmethod
+    def fits(cache: PatchCache, device: torch.device) -> bool:
+        size = cache.raw.nbytes + cache.masks.nbytes
+        if device.type != "cuda" or size > DEVICE_CACHE_MAX_BYTES:
+            return False
+        free, _ = torch.cuda.mem_get_info(device)
+        return size <= free // 3
+
+    def batch(self, indices: Sequence[int], epoch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model input and int64 labels of the cache tiles ``indices``; with ``epoch``, augmented as in training."""
+        idx = torch.as_tensor(list(indices), dtype=torch.long).to(self.device, non_blocking=True)
+        x, y = self.raw.index_select(0, idx), self.masks.index_select(0, idx)
+        if epoch is not None and self.augment is not None:
+            codes = [d4_code(self.augment, np.random.default_rng([self.seed, epoch, i])) for i in indices]
+            for code in sorted(set(codes)):
+                if code == 0:
+                    continue
+                where = torch.as_tensor([j for j, c in enumerate(codes) if c == code], dtype=torch.long)
+                where = where.to(self.device, non_blocking=True)
+                x[where] = d4_torch(x[where], code)
+                y[where] = d4_torch(y[where], code)
+        return self.prepare((x, y, self.images.index_select(0, idx)))
+
+    def epoch(self, sampler: EpochSampler, batch: int, drop_last: bool, epoch: int,
+              indices: Sequence[int]) -> Any:
+        """The training batches of ``epoch`` in the sampler's order (positions into ``indices``)."""
+        sampler.dataset.epoch = epoch
+        sampler.set_epoch(epoch)
+        order = [indices[i] for _, i in sampler]
+        stop = len(order) - len(order) % batch if drop_last else len(order)
+        for start in range(0, stop, batch):
+            yield self.batch(order[start: start + batch], epoch)
+
+    def validation(self, indices: Sequence[int], batch: int) -> Any:
+        """Validation batches in order, not augmented."""
+        for start in range(0, len(indices), batch):
+            yield self.batch(indices[start: start + batch])
+
+
 def _worker_init(worker_id: int) -> None:
     seed = torch.initial_seed() % (2**32)
     np.random.seed(seed)
@@ -284,13 +372,17 @@ def fit(
     emit: Emitter | None = None,
     cancel: CancelToken | None = None,
     reference: dict[int, np.ndarray] | None = None,
+    device_cache: bool | None = None,
 ) -> FitResult:
     """Train ``model`` on the cached tiles; return it with the weights of its best validation epoch.
 
     ``reference``: class maps of whole validation tiles (by cache index) from another classifier trained on the
     same training tiles (QuPath's random forest). Each epoch's map of those tiles is compared with them, every pixel
     (``agreement`` in the history), and with ``early_stop_metric: mean_iou`` the best epoch is the one with the
-    highest of the lower of the two: annotations check only the pixels they cover."""
+    highest of the lower of the two: annotations check only the pixels they cover.
+
+    ``device_cache``: keep the raw tiles on the device and build batches there (``DeviceCache``) instead of in a
+    DataLoader; None = when the inputs are normalised on the device and the cache fits (``DeviceCache.fits``)."""
     from ..models.factory import set_train_mode
     from .augment import build_augmentation
     from .losses import build_loss
@@ -311,6 +403,10 @@ def fit(
 
     augment = build_augmentation(cfg.augment, cfg.tile_size, seed=cfg.seed)
     raw = inputs_on_device(cache, cfg, device)
+    if device_cache is None:
+        device_cache = raw and DeviceCache.fits(cache, device)
+    resident = DeviceCache(cache, device, augment, cfg.seed) if device_cache else None
+    raw = raw or resident is not None
     prepare = DeviceInputs(device, cache if raw else None)
     train_ds = PatchDataset(cache, train_idx, augment, seed=cfg.seed, raw=raw)
     val_ds = PatchDataset(cache, val_idx, raw=raw)
@@ -323,10 +419,11 @@ def fit(
         sampler = torch.utils.data.RandomSampler(train_ds, generator=order)
     pin = device.type == "cuda"
     batch = min(cfg.batch_size, len(train_ds))
-    workers = resolve_workers(cfg, device)
+    workers = 0 if resident is not None else resolve_workers(cfg, device)
+    train_sampler = EpochSampler(sampler, train_ds)
+    drop_last = len(train_ds) > batch and len(train_ds) % batch == 1
     train_loader = DataLoader(
-        train_ds, batch_size=batch, sampler=EpochSampler(sampler, train_ds),
-        drop_last=len(train_ds) > batch and len(train_ds) % batch == 1,
+        train_ds, batch_size=batch, sampler=train_sampler, drop_last=drop_last,
         num_workers=workers, pin_memory=pin, generator=generator, worker_init_fn=_worker_init,
         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
         multiprocessing_context=worker_context(workers),
@@ -361,7 +458,9 @@ def fit(
         batches = None
         for epoch in range(1, cfg.epochs + 1):
             set_train_mode(model, frozen_blocks)
-            if batches is None:
+            if resident is not None:
+                batches = resident.epoch(train_sampler, batch, drop_last, epoch, train_idx)
+            elif batches is None:
                 batches = _epoch_batches(train_loader, train_ds, epoch)
             running = torch.zeros((), dtype=torch.float32, device=device)
             window = torch.zeros((), dtype=torch.float32, device=device)
@@ -369,7 +468,7 @@ def fit(
             # A cancel (the first Ctrl-C, QuPath's Cancel) ends the run after this epoch and keeps the best one;
             # a second Ctrl-C raises KeyboardInterrupt here and nothing is written.
             for step, batch_in in enumerate(batches, 1):
-                x, y = prepare(batch_in)
+                x, y = batch_in if resident is not None else prepare(batch_in)
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     logits = net(x)
@@ -401,7 +500,11 @@ def fit(
             distributed.sync_buffers(model)
             # The workers start on the next epoch's tiles while this one is validated (no gap at its start).
             batches = _epoch_batches(train_loader, train_ds, epoch + 1) if epoch < cfg.epochs and workers else None
-            val_loss, cm, agree_cm = evaluate(net, val_loader, loss_fn, n_classes, device, amp, prepare, refs)
+            if resident is not None:
+                val_loss, cm, agree_cm = evaluate(net, resident.validation(val_idx, cfg.batch_size), loss_fn,
+                                                  n_classes, device, amp, lambda b: b, refs)
+            else:
+                val_loss, cm, agree_cm = evaluate(net, val_loader, loss_fn, n_classes, device, amp, prepare, refs)
             ious = cm.iou_per_class()
             mean_iou = float(cm.mean_iou())
             agreement = float(agree_cm.mean_iou()) if agree_cm is not None else None
@@ -416,7 +519,8 @@ def fit(
             improved = (metric > best_metric + 1e-6) if maximise else (metric < best_metric - 1e-6)
             if improved or best_state is None:
                 best_metric, best_epoch, since_best = metric, epoch, 0
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                # Kept on the device (a copy without a wait); to the host once, at the end.
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 best_cm, best_agree_cm = cm, agree_cm
             else:
                 since_best += 1
