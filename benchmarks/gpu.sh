@@ -17,11 +17,12 @@
 #      U-Net resnet34 at 512 px (batch 32) and efficientnet-lite0 at 256 px (batch 64), 8 and 2 reader threads,
 #      then without the writer thread and without CUDA graphs; per-stage seconds and peak GPU memory
 #      (target: pipeline_efficiency >= 0.6)
-#   4. dlpixel bench train: trainer.fit (320 training + 64 validation tiles per epoch, 5 epochs, validation
+#   4. dlpixel bench train: trainer.fit (320 training + 64 validation tiles per epoch, 10 epochs, validation
 #      included) vs the training step alone, resnet34 512 px, bf16: the defaults (tiles resident on the GPU), and
 #      torch.compile
 #      with WITH_COMPILE=1 (target: loop_efficiency >= 0.8)
-#   (the fp32 apply run with WITH_FP32=1)
+#   (ABLATIONS=0 leaves out the runs without the writer thread and without CUDA graphs; the fp32 apply run with
+#   WITH_FP32=1; TESTS names the test files of step 5, default all)
 #   5. the test suite on CUDA (tests that need a QuPath JVM skip themselves where there is none)
 set -uo pipefail
 
@@ -51,7 +52,7 @@ if [ "$cmd" = fetch ]; then
   exit 0
 fi
 case $cmd in
-  run) DEV=cuda SIZE=8192 TRAIN=320 VAL=64 EPOCHS=5 REPEATS=2 BIG=512 SMALL=256 BBATCH=32 SBATCH=64 TBATCH=16 ;;
+  run) DEV=cuda SIZE=8192 TRAIN=320 VAL=64 EPOCHS=${EPOCHS:-10} REPEATS=2 BIG=512 SMALL=256 BBATCH=32 SBATCH=64 TBATCH=16 ;;
   check) DEV=cpu SIZE=1024 TRAIN=8 VAL=4 EPOCHS=2 REPEATS=1 BIG=128 SMALL=64 BBATCH=4 SBATCH=8 TBATCH=4 ;;
   *) echo "usage: benchmarks/gpu.sh fetch | check [FILE] | run [FILE]"; exit 2 ;;
 esac
@@ -110,6 +111,7 @@ bench "U-Net efficientnet-lite0 $SMALL px, batch $SBATCH, 8 reader threads" infe
 bench "U-Net resnet34 $BIG px, batch $BBATCH, 2 reader threads (the default)" inference $COMMON $BIGM --reader-threads 2
 bench "U-Net efficientnet-lite0 $SMALL px, batch $SBATCH, 2 reader threads (the default)" inference $COMMON $SMALLM \
   --reader-threads 2
+if [ "${ABLATIONS:-1}" = 1 ]; then
 bench "U-Net resnet34 $BIG px, 8 reader threads, writer between batches" inference $COMMON $BIGM --reader-threads 8 \
   --inline-writer
 bench "U-Net efficientnet-lite0 $SMALL px, 8 reader threads, writer between batches" inference $COMMON $SMALLM \
@@ -118,6 +120,7 @@ bench "U-Net resnet34 $BIG px, 8 reader threads, no CUDA graphs" inference $COMM
   --no-cuda-graphs
 bench "U-Net efficientnet-lite0 $SMALL px, 8 reader threads, no CUDA graphs" inference $COMMON $SMALLM \
   --reader-threads 8 --no-cuda-graphs
+fi
 if [ "${WITH_FP32:-0}" = 1 ]; then
   bench "U-Net resnet34 $BIG px, batch $BBATCH, fp32 (the precision setting)" inference --image "$IMG" \
     --backbone resnet34 --tile-size $BIG --batch-size $BBATCH --device $DEV --backend torch --precision fp32 \
@@ -142,7 +145,8 @@ if [ "$DEV" = cuda ]; then
   say "## test suite on CUDA (QuPath, groovy and browser tests skip or fail where those are not installed)"
   LOG=$(dirname "$FIG")/pytest_cuda.log
   t0=$SECONDS
-  OMP_NUM_THREADS=1 timeout ${TEST_TIMEOUT:-150} $PY -m pytest -q -p no:cacheprovider -n 14 -rfEs tests > "$LOG" 2>&1
+  OMP_NUM_THREADS=1 timeout ${TEST_TIMEOUT:-150} $PY -m pytest -q -p no:cacheprovider -n 14 -rfEs ${TESTS:-tests} \
+    > "$LOG" 2>&1
   say "rc $? after $((SECONDS - t0)) s"
   grep -E "^(FAILED|ERROR)|passed|failed" "$LOG" | tail -40 | tee -a "$FIG"
 fi

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..runtime.device import device_index
 from ..runtime.normalize import TorchNormalizer, normalize_torch
 
 __all__ = ["NOT_COMPUTED", "DeviceBlender", "DeviceStrip", "TorchNormalizer", "class_map", "host_block",
@@ -89,6 +90,8 @@ class DeviceBlender:
         self.acc = torch.zeros((n_classes, tile, width), dtype=torch.float32, device=device)
         self.wsum = torch.zeros((tile, width), dtype=torch.float32, device=device)
         self.probabilities = probabilities
+        self._arange = torch.arange(tile, device=device)
+        self._cols: dict[tuple[int, ...], torch.Tensor] = {}
 
     def shift(self, rows: int) -> None:
         t = self.tile
@@ -123,13 +126,23 @@ class DeviceBlender:
             else:
                 dev = block
             x = self.normalize(dev.permute(2, 0, 1).unsqueeze(0))[0]  # (C, H, W)
-            t = self.tile
-            cols = (torch.as_tensor(offsets, dtype=torch.long)[:, None] + torch.arange(t)).to(self.device)
-            out = x[:, :, cols].permute(2, 0, 1, 3)  # (n, C, H, T)
+            out = x[:, :, self._columns(offsets)].permute(2, 0, 1, 3)  # (n, C, H, T)
         self.preprocess_seconds += time.perf_counter() - t0
         return out
 
     copy_stream: Any = None
+
+    def _columns(self, starts: Sequence[int]) -> torch.Tensor:
+        """(n, T) column indices of tiles starting at ``starts``, on the device; rows repeat the same few patterns,
+        so each is sent once (``device_index``: without waiting for the device)."""
+        key = tuple(starts)
+        cols = self._cols.get(key)
+        if cols is None:
+            if len(self._cols) >= 256:
+                self._cols.clear()
+            cols = device_index(key, self.device)[:, None] + self._arange
+            self._cols[key] = cols
+        return cols
 
     def run(self, backend: Any, items: Sequence[tuple[torch.Tensor, int]]) -> torch.Tensor:
         """Tiles (a row tensor of ``tiles``, index in it) to weighted probabilities (N, K, T, T) on the device: the
@@ -153,7 +166,7 @@ class DeviceBlender:
         each for the probabilities and the weights (on a CPU in tile order, as the host accumulator adds them)."""
         t, m = self.tile, i1 - i0
         with torch.inference_mode():
-            cols = (torch.as_tensor(xs, dtype=torch.long)[:, None] + torch.arange(t)).reshape(-1).to(self.device)
+            cols = self._columns(xs).reshape(-1)
             k = self.acc.shape[0]
             part = weighted[i0:i1].permute(1, 2, 0, 3).reshape(k, t, m * t)
             self.acc.index_add_(2, cols, part)

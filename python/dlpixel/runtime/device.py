@@ -54,3 +54,15 @@ def precision_name(amp: torch.dtype | None) -> str:
     import torch
 
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp, "fp32")  # type: ignore[arg-type]
+
+
+def device_index(values: object, device: torch.device) -> torch.Tensor:
+    """int64 indices on ``device``, sent without making the host wait: CUDA synchronises the stream before a copy
+    from pageable host memory (the host would wait for every kernel queued, and the device then idles while the
+    host launches the next ones), so the indices go through page-locked memory, copied in stream order."""
+    import torch
+
+    host = torch.as_tensor(values, dtype=torch.long)
+    if device.type != "cuda":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)

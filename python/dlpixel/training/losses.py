@@ -2,7 +2,8 @@
 
 smp's Dice and focal losses neither take per-class weights nor leave absent classes out of the mean, so these are
 written here in plain PyTorch. Every loss works in float32 whatever the logits' precision (fp16/bf16 under autocast),
-and a batch without a labelled pixel gives a zero loss that still has a ``grad_fn``.
+and a batch without a labelled pixel gives a zero loss (every weight 0, the denominators clamped) that still has a
+``grad_fn``. No loss reads a value back from the device, so a GPU step is launched whole without waiting.
 """
 
 from __future__ import annotations
@@ -45,10 +46,6 @@ def class_weights_from_counts(pixel_counts: Sequence[int], multipliers: Sequence
     return (np.clip(weights, low, high) * mult).astype(np.float32)
 
 
-def _zero_loss(logits: torch.Tensor) -> torch.Tensor:
-    return logits.sum() * 0.0
-
-
 class _SparseLoss(nn.Module):
     """Shared parts: float32 logits, a labelled-pixel mask and per-pixel class weights."""
 
@@ -82,8 +79,6 @@ class CrossEntropyLoss(_SparseLoss):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         with torch.autocast(logits.device.type, enabled=False):
             logits, labelled, safe_target = self._prepare(logits, target)
-            if not labelled.any():
-                return _zero_loss(logits)
             per_pixel = F.cross_entropy(logits, safe_target, reduction="none")
             w = self._pixel_weights(labelled, safe_target)
             return (per_pixel * w).sum() / w.sum().clamp_min(torch.finfo(torch.float32).tiny)
@@ -102,8 +97,6 @@ class FocalLoss(_SparseLoss):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         with torch.autocast(logits.device.type, enabled=False):
             logits, labelled, safe_target = self._prepare(logits, target)
-            if not labelled.any():
-                return _zero_loss(logits)
             log_pt = F.log_softmax(logits, dim=1).gather(1, safe_target.unsqueeze(1)).squeeze(1)
             focal = -((1.0 - log_pt.exp()).clamp_min(0.0) ** self.gamma) * log_pt
             w = self._pixel_weights(labelled, safe_target)
@@ -124,8 +117,6 @@ class DiceLoss(_SparseLoss):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         with torch.autocast(logits.device.type, enabled=False):
             logits, labelled, safe_target = self._prepare(logits, target)
-            if not labelled.any():
-                return _zero_loss(logits)
             n_classes = logits.shape[1]
             mask = labelled.unsqueeze(1).float()
             probs = logits.softmax(dim=1) * mask

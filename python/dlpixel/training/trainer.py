@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import TrainingConfig
 from ..data.patches import UNLABELLED, PatchCache
 from ..errors import Cancelled, TrainingError
-from ..runtime.device import autocast_dtype, precision_name, resolve_device
+from ..runtime.device import autocast_dtype, device_index, precision_name, resolve_device
 from ..runtime.events import CancelToken, Emitter
 from . import distributed
 
@@ -225,15 +225,14 @@ class DeviceCache:
 
     def batch(self, indices: Sequence[int], epoch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Model input and int64 labels of the cache tiles ``indices``; with ``epoch``, augmented as in training."""
-        idx = torch.as_tensor(list(indices), dtype=torch.long).to(self.device, non_blocking=True)
+        idx = device_index(list(indices), self.device)
         x, y = self.raw.index_select(0, idx), self.masks.index_select(0, idx)
         if epoch is not None and self.augment is not None:
             codes = [d4_code(self.augment, np.random.default_rng([self.seed, epoch, i])) for i in indices]
             for code in sorted(set(codes)):
                 if code == 0:
                     continue
-                where = torch.as_tensor([j for j, c in enumerate(codes) if c == code], dtype=torch.long)
-                where = where.to(self.device, non_blocking=True)
+                where = device_index([j for j, c in enumerate(codes) if c == code], self.device)
                 x[where] = d4_torch(x[where], code)
                 y[where] = d4_torch(y[where], code)
         return self.prepare((x, y, self.images.index_select(0, idx)))
