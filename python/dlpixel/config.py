@@ -213,9 +213,10 @@ class TrainingConfig(_Settings):
     seed: int = 42
     num_workers: int | Literal["auto"] = "auto"
     """DataLoader worker processes (augmentation and batching beside the training steps). ``auto``: none on a CPU
-    (patches are cached in memory, and workers would take cores from the model), up to 4 persistent workers on a
-    CUDA GPU (one core left for the training loop), none inside QuPath (workers are spawned there, with a copy of
-    the patch cache each, rather than forked from its Java VM)."""
+    (patches are cached in memory, and workers would take cores from the model); on a CUDA GPU none when the patch
+    cache fits on the GPU (batches are then gathered, turned and normalised there: ``trainer.DeviceCache``), else up
+    to 4 persistent workers (one core left for the training loop); none inside QuPath (workers are spawned there,
+    with a copy of the patch cache each, rather than forked from its Java VM)."""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
     @model_validator(mode="before")
@@ -390,7 +391,9 @@ class InferenceConfig(_Settings):
     """PyTorch on a CUDA GPU: replay the model as a CUDA graph (one launch per batch instead of one per layer, so
     reading and writing on the host do not hold up the device). Off for a custom model that cannot be captured
     (such a model also falls back by itself, with a warning)."""
-    reader_threads: int = 2
+    reader_threads: int | Literal["auto"] = "auto"
+    """Threads that read (and decode) rows of tiles ahead of the model. ``auto``: 2 where the model runs on a CPU
+    (it is the bottleneck there), 8 (at most half the cores) where it runs on a CUDA GPU, which takes rows faster."""
     refine: Literal["auto", "none", "watershed"] = "auto"
     """``watershed``: pixels called with probability > 0.95 seed their class and the others take the class whose
     flood over the image's gradient (Gaussian 1.5 px) reaches them first, so boundaries sit on edges
@@ -429,8 +432,8 @@ class InferenceConfig(_Settings):
 
     @field_validator("batch_size", "reader_threads")
     @classmethod
-    def _positive(cls, value: int) -> int:
-        if value < 1:
+    def _positive(cls, value: Any) -> Any:
+        if value != "auto" and value < 1:
             raise ValueError(f"must be at least 1 (got {value})")
         return value
 

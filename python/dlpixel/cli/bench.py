@@ -56,7 +56,8 @@ def register_cli(sub: Any) -> None:
                    help="where the model runs (default auto)")
     q.add_argument("--repeats", type=int, default=3, help="alternating runs of each measurement; the best counts")
     q.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16", help="PyTorch on a GPU")
-    q.add_argument("--reader-threads", type=int, default=2, help="threads reading tiles (default %(default)s)")
+    q.add_argument("--reader-threads", type=_workers, default="auto",
+                   help="threads reading rows of tiles, or auto as in apply (default %(default)s)")
     q.add_argument("--image", default=None, help="an existing image instead of the synthetic one")
     q.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                    help="run the model layer by layer on CUDA instead of as a CUDA graph")

@@ -42,7 +42,7 @@ INFERENCE_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Output and scope", ("output", "scope", "refine")),
     ("Objects (output 'objects')", ("object_type", "min_object_area", "min_hole_area", "simplify")),
     ("Tiling (null: the classifier's own value)", ("tile_size", "overlap")),
-    ("Hardware", ("batch_size", "device", "backend", "precision", "reader_threads")),
+    ("Hardware", ("batch_size", "device", "backend", "precision", "cuda_graphs", "reader_threads")),
 )
 """Where each inference setting is shown."""
 
