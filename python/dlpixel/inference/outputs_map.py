@@ -1,10 +1,10 @@
 """The ``map`` output: a tiled, pyramidal OME-TIFF of class indices or probabilities (uint8) written from strips
 in bounded memory, and a PNG preview in the class colours.
 
-Each level's tiles are compressed once, as soon as a row of tiles is complete, and appended to a spool file beside
-the output; every reduced level is built on the fly from the rows of the level above (2 × 2 mode for class maps,
-mean for probabilities). ``close`` copies the compressed tiles into the TIFF in the order TIFF wants (channel by
-channel) under a temporary name and renames it into place. Memory: one row of tiles per level.
+Each level's tiles are compressed once, as soon as a row of tiles is complete (by parallel threads, while the
+writer goes on with the next rows), and appended to a spool file beside the output; every reduced level is built
+on the fly from the rows of the level above (2 × 2 mode for class maps, mean for probabilities). ``close`` copies the compressed tiles into the TIFF in the order TIFF wants (channel by
+channel) under a temporary name and renames it into place. Memory: two rows of tiles per level at most.
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ class _Level:
         self.filled = 0
         self.pending: np.ndarray | None = None
         self.n_tx, self.n_ty = math.ceil(width / tile), math.ceil(height / tile)
+        self.spare: np.ndarray | None = None
+        """The level's second row buffer, free again once the row compressed from it is in the spool."""
         self.offsets = np.zeros((channels, self.n_ty, self.n_tx), np.int64)
         self.lengths = np.zeros((channels, self.n_ty, self.n_tx), np.int64)
 
@@ -178,6 +180,7 @@ class ClassMapWriter:
         self._spool_path = Path(name)
         self._spool: BinaryIO | None = os.fdopen(fd, "w+b")
         self._spool_size = 0
+        self._in_flight: tuple[_Level, int, list[tuple[int, int]], list[Any], np.ndarray] | None = None
         self._done = False
 
     @property
@@ -230,28 +233,46 @@ class ClassMapWriter:
                 self._push(index + 1, _in_column_chunks(self._reduce, rows[:even, :cols]))
 
     def _flush(self, level: _Level) -> None:
-        """Compress the buffered row of tiles (zero-padded at the edges) into the spool."""
+        """Hand the buffered row of tiles (zero-padded at the edges) to the compressing threads and let the caller
+        go on: the row is written to the spool at the next flush (``_settle``), so compressing one row overlaps the
+        next rows' copying and halving. One row is in flight at a time; its level fills a second buffer meanwhile."""
         assert self._spool is not None
+        self._settle()
         ty = (level.rows_in - 1) // level.tile
         t = level.tile
         level.buffer[level.filled :] = 0
+        rows = level.buffer
+        level.buffer = level.spare if level.spare is not None else np.empty_like(rows)
+        level.spare = None
 
         def compress(where: tuple[int, int]) -> bytes:
             c, tx = where
             block = np.zeros((t, t), np.uint8)
-            part = level.buffer[:, tx * t : (tx + 1) * t, c]
+            part = rows[:, tx * t : (tx + 1) * t, c]
             block[:, : part.shape[1]] = part
             return zlib.compress(block, self.compression_level)
 
         # zlib releases the GIL: the tiles of a row compress in parallel threads (the same bytes as one by one), so
         # on a GPU writing the map keeps up with the model; each thread holds one tile at a time.
         where = [(c, tx) for c in range(self.channels) for tx in range(level.n_tx)]
-        for (c, tx), data in zip(where, _compress_pool().map(compress, where)):
+        pool = _compress_pool()
+        self._in_flight = (level, ty, where, [pool.submit(compress, w) for w in where], rows)
+        level.filled = 0
+
+    def _settle(self) -> None:
+        """Wait for the row in flight and append its compressed tiles to the spool."""
+        if self._in_flight is None:
+            return
+        level, ty, where, futures, rows = self._in_flight
+        self._in_flight = None
+        assert self._spool is not None
+        for (c, tx), future in zip(where, futures):
+            data = future.result()
             level.offsets[c, ty, tx] = self._spool_size
             level.lengths[c, ty, tx] = len(data)
             self._spool.write(data)
             self._spool_size += len(data)
-        level.filled = 0
+        level.spare = rows
 
     def _tiles(self, level: _Level) -> Iterator[bytes]:
         assert self._spool is not None
@@ -289,6 +310,7 @@ class ClassMapWriter:
         try:
             if self.rows_written != self.height:
                 raise ValueError(f"{self.path}: only {self.rows_written} of {self.height} rows were written")
+            self._settle()
             self._spool.flush()
             self._write_tiff()
             if self.preview is not None:
@@ -375,6 +397,10 @@ class ClassMapWriter:
                          subfiletype=1, metadata=None, **options)
 
     def _release(self) -> None:
+        if self._in_flight is not None:  # let its threads finish with the row before it is dropped
+            for future in self._in_flight[3]:
+                future.cancel() or future.exception()
+            self._in_flight = None
         if self._spool is not None:
             self._spool.close()
             self._spool = None

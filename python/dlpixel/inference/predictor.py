@@ -27,7 +27,6 @@ from ..runtime.events import CancelToken, Emitter
 from ..runtime.tiling import Grid, blend_window
 from .reading import normalize_raw, read_raw_block, read_raw_row
 
-
 AUTO_READERS_CPU = 2
 """``reader_threads: auto`` where the model runs on a CPU: the model is the bottleneck, 2 threads keep it fed
 (``bench inference`` 0.93 of the model alone on 2 cores) without taking its cores."""
