@@ -11,8 +11,9 @@ from dlpixel.classifiers.metadata import ClassifierMetadata, ClassInfo
 from dlpixel.config import InferenceConfig, NormalizationConfig, TrainingConfig
 from dlpixel.data.images import FileImageSource, write_ome_tiff
 from dlpixel.data.preprocessing import ChannelStats, Preprocessing, image_stats, normalize, read_tile, stats_for
+from dlpixel.inference.backends import TorchBackend
 from dlpixel.inference.gpu import NOT_COMPUTED, normalize_torch
-from dlpixel.inference.predictor import Predictor, TorchBackend
+from dlpixel.inference.predictor import Predictor
 from dlpixel.inference.reading import normalize_raw, read_raw_block, read_raw_row
 from dlpixel.projects import open_project
 from dlpixel.runtime.device import autocast_dtype, precision_name
@@ -277,7 +278,7 @@ def test_training_batches_normalised_on_the_device_equal_the_host_batches(input_
     bit, with the same labels."""
     from dlpixel.data.patches import PatchCache, TileRef
     from dlpixel.training.augment import build_augmentation
-    from dlpixel.training.trainer import DeviceInputs, PatchDataset, inputs_on_device
+    from dlpixel.training.batches import DeviceInputs, PatchDataset, inputs_on_device
 
     rng = np.random.default_rng(3)
     n, size = 6, 32
@@ -339,7 +340,7 @@ def test_persistent_workers_draw_each_epochs_own_augmentation():
     index, so epoch 2 is not a replay of epoch 1's flips."""
     from dlpixel.data.patches import PatchCache, TileRef
     from dlpixel.training.augment import build_augmentation
-    from dlpixel.training.trainer import EpochSampler, PatchDataset
+    from dlpixel.training.batches import EpochSampler, PatchDataset
 
     rng = np.random.default_rng(4)
     n, size = 8, 16
@@ -390,7 +391,7 @@ def test_symmetry_probe_names_the_augmentations_own_flips_and_turns():
     """``d4_code`` reads which of the 8 symmetries the augmentation draws from its effect on a 2 × 2 probe;
     ``d4_torch`` then moves a whole tile's pixels (and its mask's) exactly as the augmentation does."""
     from dlpixel.training.augment import build_augmentation
-    from dlpixel.training.trainer import d4_code, d4_torch
+    from dlpixel.training.batches import d4_code, d4_torch
 
     rng = np.random.default_rng(6)
     image = rng.integers(0, 256, (24, 24, 3)).astype(np.uint8)
@@ -411,8 +412,8 @@ def test_device_cache_batches_equal_the_dataloader_batches():
     """Batches gathered, turned and normalised from the resident cache equal the DataLoader's (``PatchDataset(raw)``
     + ``DeviceInputs``) bit for bit, epoch by epoch, in the sampler's order; validation batches likewise."""
     from dlpixel.training.augment import build_augmentation
+    from dlpixel.training.batches import DeviceCache, DeviceInputs, EpochSampler, PatchDataset
     from dlpixel.training.bench import _synthetic_cache
-    from dlpixel.training.trainer import DeviceCache, DeviceInputs, EpochSampler, PatchDataset
 
     cache = _synthetic_cache(11, 32)
     cpu = torch.device("cpu")

@@ -7,7 +7,8 @@ import pytest
 from conftest import CLASSES, strokes_from_truth, synthetic_image, write_folder_project
 from dlpixel.config import TrainingConfig
 from dlpixel.data.preprocessing import stats_for
-from dlpixel.inference.predictor import Predictor, load_backend
+from dlpixel.inference.backends import load_backend
+from dlpixel.inference.predictor import Predictor
 from dlpixel.projects import open_project
 from dlpixel.runtime.tiling import Grid, axis_positions, blend_window
 from dlpixel.training.run import train_classifier

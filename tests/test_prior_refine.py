@@ -133,7 +133,8 @@ def test_apply_refines_features_maps_and_can_be_turned_off(features_pair) -> Non
     model's argmax with ``refine: none``."""
     import dlpixel
     from dlpixel.data.preprocessing import stats_for
-    from dlpixel.inference.predictor import Predictor, load_backend
+    from dlpixel.inference.backends import load_backend
+    from dlpixel.inference.predictor import Predictor
 
     folder, img, truth, on, _ = features_pair
     src = open_project(folder).image("synthetic.tif").open()

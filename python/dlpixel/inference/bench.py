@@ -102,8 +102,9 @@ def bench_inference(
     blend; write: the class-map writer)."""
     from ..data.images import FileImageSource
     from ..data.preprocessing import stats_for
+    from ..inference.backends import load_backend
     from ..inference.outputs_map import ClassMapWriter
-    from ..inference.predictor import Predictor, load_backend
+    from ..inference.predictor import Predictor
 
     with tempfile.TemporaryDirectory(prefix="dlpixel-bench-") as tmp:
         root = Path(tmp)

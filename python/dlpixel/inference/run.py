@@ -19,7 +19,8 @@ from ..data.base import ImageSource, LabelShape, Plane, Project, ProjectImage, a
 from ..data.preprocessing import Preprocessing, resolve_channels, stats_for
 from ..errors import ConfigError, DataError
 from ..runtime.events import CancelToken, Emitter, Listener
-from .predictor import Predictor, load_backend
+from .backends import load_backend
+from .predictor import Predictor
 
 MAP_OUTPUTS = ("map", "probabilities", "overlay")
 """Outputs written as files under ``<project>/results/<classifier>/``, never into the image's data."""

@@ -52,17 +52,9 @@ def bench_train(
     from ..config import TrainingConfig
     from ..models.factory import create_model
     from ..runtime.device import autocast_dtype, precision_name, resolve_device
+    from .batches import DeviceCache, DeviceInputs, EpochSampler, PatchDataset, inputs_on_device
     from .losses import build_loss
-    from .trainer import (
-        DeviceCache,
-        DeviceInputs,
-        EpochSampler,
-        PatchDataset,
-        fit,
-        inputs_on_device,
-        resolve_workers,
-        worker_context,
-    )
+    from .trainer import fit, resolve_workers, worker_context
 
     cfg = TrainingConfig(backbone=backbone, tile_size=tile_size, batch_size=batch_size, epochs=epochs,
                          early_stop_patience=0, device=device, precision=precision, num_workers=num_workers,
