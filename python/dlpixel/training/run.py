@@ -297,10 +297,13 @@ def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: Trai
     """Split the tiles, build and train the model (``cfg.method`` as ``resolve_method`` settled it), and save the
     classifier folder."""
     if cfg.method == "features":
-        return _train_features_and_save(project, name, cfg, data, names, pre, cache, overwrite, emit, cancel,
-                                        choice)
+        from .features_save import train_features_and_save
+
+        return train_features_and_save(project, name, cfg, data, pre, cache, overwrite, emit, cancel, choice,
+                                       _shared_fields(name, cfg, data, pre, names, emit), names)
     from ..models.factory import create_model, freeze_blocks, resolve_freeze
     from ..models.onnx import export_onnx
+    from .baseline import tile_baseline, unet_agreement
     from .losses import class_weights_from_counts
     from .trainer import fit
 
@@ -321,7 +324,7 @@ def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: Trai
     multipliers = [cfg.class_weights.get(c, 1.0) for c in data.classes]
     weights = class_weights_from_counts(train_counts.tolist(), multipliers)
     forest_maps: dict[int, np.ndarray] = {}
-    baseline = _tile_baseline(cache, split, data.classes, cfg.seed, emit, forest_maps)
+    baseline = tile_baseline(cache, split, data.classes, cfg.seed, emit, forest_maps)
     if cfg.pseudo_labels:
         from .features import pseudo_label_masks
 
@@ -346,7 +349,7 @@ def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: Trai
     if result.stopped_by_user:
         # The stop asked for is done: the best epoch so far is saved (a second Ctrl-C still aborts the save).
         cancel = CancelToken()
-    label_free, estimate, warnings = _unet_agreement(result, len(forest_maps), data.classes, emit)
+    label_free, estimate, warnings = unet_agreement(result, len(forest_maps), data.classes, emit)
 
     meta = ClassifierMetadata(
         **_shared_fields(name, cfg, data, pre, names, emit),
@@ -400,119 +403,3 @@ def _train_and_save(project: Project, name: str, cfg: TrainingConfig, data: Trai
                  + (f"; stopped by the user after epoch {len(result.history)}, best epoch {result.best_epoch})"
                     if result.stopped_by_user else ")"))
     return entry
-
-
-
-def _tile_baseline(cache: PatchCache, split, classes: list[str], seed: int, emit: Emitter,
-                   maps: dict[int, np.ndarray]) -> dict:
-    """QuPath's random forest on the same training tiles, scored on the same validation tiles (its whole maps of them
-    go to ``maps``); a failure only warns."""
-    from .baseline import baseline_on_tiles
-
-    try:
-        baseline = baseline_on_tiles(cache, split.train, split.val, classes, seed, maps)
-    except Exception as err:  # noqa: BLE001
-        emit.log(f"the random-forest baseline could not be computed: {err}", level="warning")
-        return {}
-    if baseline:
-        emit.log(f"random-forest baseline on the same split: validation mean IoU {baseline['val_mean_iou']}")
-    return baseline
-
-
-AGREEMENT_WARNING_GAP = 0.1
-"""A U-Net's tile validation above its agreement with the forest by more than this is flagged."""
-
-
-def _unet_agreement(result, n_reference_tiles: int, classes: list[str], emit: Emitter
-                    ) -> tuple[dict, float, list[str]]:
-    """The best epoch's whole maps of the validation tiles against the forest's (trained on the same training
-    tiles), as ``fit`` counted them: a figure no label enters, which sees a map spreading or shrinking where no
-    annotation lies. The reported estimate is the lower of it and the tile validation (stroke pixels are the easy
-    ones: on real images with 30 strokes the tile validation said 0.69-1.00 where the truth was 0.56-0.84, and the
-    agreement was within 0.08 of the truth)."""
-    from .baseline import agreement
-
-    tile_iou = float(result.mean_iou)
-    if result.agreement_confusion is None:
-        return {}, tile_iou, []
-    agree = agreement(result.agreement_confusion, classes)
-    agree["tiles"] = n_reference_tiles
-    if agree["mean_iou"] is None:
-        return {}, tile_iou, []
-    estimate = min(tile_iou, agree["mean_iou"])
-    warnings = []
-    if tile_iou - agree["mean_iou"] > AGREEMENT_WARNING_GAP:
-        warnings.append(f"the validation tiles' annotations say mean IoU {tile_iou:.3f}, but over every pixel of those "
-                        f"tiles the U-Net's map agrees with the random forest's only {agree['mean_iou']:.3f}: "
-                        f"annotations check only the pixels they cover; the reported figure is the lower one. Look "
-                        f"at the map where nobody drew, or train method features")
-        emit.log(warnings[-1], level="warning")
-    emit.log(f"label-free agreement with the random forest over the validation tiles {agree['mean_iou']:.3f}; "
-             f"reported estimate {estimate:.3f}")
-    return ({"tile_mean_iou": round(tile_iou, 4), "agreement_with_forest": agree,
-             "reported_mean_iou": round(estimate, 4)}, estimate, warnings)
-
-
-def _train_features_and_save(project: Project, name: str, cfg: TrainingConfig, data: TrainingData, names: list[str],
-                             pre: Preprocessing, cache: PatchCache, overwrite: bool, emit: Emitter,
-                             cancel: CancelToken, choice: MethodChoice) -> store.ClassifierEntry:
-    """``method: features``: hold out whole annotations, fit the features classifier and the random-forest
-    baseline on the rest, and save the classifier folder."""
-    from ..models.onnx import export_onnx
-    from .features import fit_features
-
-    if not len(cache):
-        raise DataError("no labelled pixels were found under the classified annotations")
-    stroke = cfg.line_stroke_width or DEFAULT_STROKE_PX
-    result = fit_features(cache, data.shapes, data.classes, cfg, stroke, emit, cancel)
-    validation = result.validation
-    base = validation.get("baseline") or {}
-    emit.log(f"held-out annotations: mean IoU {validation['held_out_mean_iou']} (95% interval "
-             f"{validation['held_out_ci95'][0]}-{validation['held_out_ci95'][1]}); label-free expected IoU over the "
-             f"annotated images {validation['expected_mean_iou']}; random-forest baseline on the same split "
-             f"{base.get('held_out_mean_iou')}")
-    meta = ClassifierMetadata(
-        **_shared_fields(name, cfg, data, pre, names, emit),
-        architecture="features",
-        method_choice=choice.record(),
-        backbone=None,
-        split=validation,
-        labelled_pixels={"train": dict(zip(data.classes, map(int, result.train_counts))),  # type: ignore[arg-type]
-                         "val": dict(zip(data.classes, map(int, result.val_counts)))},  # type: ignore[arg-type]
-        class_weights=dict(zip(data.classes, map(float, result.class_weights))),  # type: ignore[arg-type]
-        results=Results(
-            best_epoch=1, epochs_run=1, stopped_early=False, mean_iou=result.mean_iou,
-            per_class_iou=dict(zip(data.classes, result.per_class_iou)), pixel_accuracy=result.pixel_accuracy,
-            train_loss=result.train_loss, val_loss=result.val_loss, confusion=result.confusion,
-            seconds=result.seconds, device="cpu", precision="float32",
-        ),
-        software=software_versions(),
-    )
-    cancel.check()
-    emit("stage", stage="saving", message="saving the classifier")
-    with store.staging_folder(project.root, name, overwrite) as tmp:
-        torch.save(result.model.state_dict(), tmp / store.WEIGHTS)
-        export_onnx(result.model, tmp / store.ONNX, pre.n_inputs, len(data.classes))
-        store.write_json(tmp / store.HISTORY, result.history)
-        meta.write(tmp / store.METADATA)
-        _write_features_report(tmp, meta, result, cache, names, emit)
-        cancel.check()
-    entry = store.load_classifier(project.root, name)
-    emit("done", name=name, path=str(entry.path), mean_iou=result.mean_iou, best_epoch=1, stopped_by_user=False,
-         message=f"saved '{name}' to {entry.path} (estimated mean IoU {result.mean_iou:.3f})")
-    return entry
-
-
-def _write_features_report(folder: Path, meta: ClassifierMetadata, result, cache: PatchCache,
-                           names: Sequence[str], emit: Emitter) -> None:
-    """``report.html`` of a features classifier, with its predictions on tiles that hold held-out annotations."""
-    from ..report.page import pick_sample_tiles, predict_samples, write_report
-
-    try:
-        tiles = pick_sample_tiles(cache.masks, result.val_tiles, len(meta.classes))
-        captions = [f"{names[cache.tiles[i].image]} at ({cache.tiles[i].x}, {cache.tiles[i].y})" for i in tiles]
-        inputs = np.stack([cache.input(i) for i in tiles]) if tiles else np.zeros((0,))
-        samples = predict_samples(result.model, inputs, cache.masks[list(tiles)], list(range(len(tiles))), captions)
-        write_report(folder, meta, result.history, samples)
-    except Exception as err:  # noqa: BLE001
-        emit.log(f"the training report ({store.REPORT}) could not be written: {err}", level="warning")
