@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import tracemalloc
 import xml.etree.ElementTree as ET
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -408,3 +409,17 @@ def test_map_memory_stays_far_below_the_image(tmp_path: Path) -> None:
         assert len(tif.series[0].levels) == 5
         row_pattern = (np.arange(size) // 50 % 4).astype(np.uint8)[:, None]
         assert np.array_equal(level0.asarray(), (row_pattern + col_pattern) % 4)
+
+
+def test_class_map_tiles_are_standard_zlib_streams_whichever_encoder() -> None:
+    """Class-map tiles go through zlib-ng where imagecodecs has it, else zlib; both are TIFF compression 8 (any zlib
+    decodes them), and an explicit level keeps zlib."""
+    from dlpixel.inference.outputs_map import _deflate_encoder
+
+    rng = np.random.default_rng(5)
+    block = np.ascontiguousarray(rng.integers(0, 3, (256, 256), dtype=np.uint8))
+    for kind, level in [("classes", None), ("classes", 4), ("probabilities", None)]:
+        data = _deflate_encoder(kind, level)(block)
+        assert np.array_equal(np.frombuffer(zlib.decompress(data), np.uint8).reshape(256, 256), block)
+    assert _deflate_encoder("classes", 4)(block) == zlib.compress(block, 4)
+    assert _deflate_encoder("probabilities", None)(block) == zlib.compress(block, 6)
