@@ -89,15 +89,24 @@ def test_tiles_cut_from_a_strip_equal_tiles_read_alone(pyramid, ds, context):
         assert raws[0].dtype == np.uint8  # stored pixels travel in the image's dtype
 
 
+@pytest.fixture(scope="module")
+def pyramid16(tmp_path_factory):
+    """A 300 × 260 three-channel uint16 pyramidal OME-TIFF."""
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 65536, (260, 300, 3)).astype(np.uint16)
+    return write_ome_tiff(tmp_path_factory.mktemp("pyr16") / "p16.ome.tif", img, pixel_size_um=0.5)
+
+
 @pytest.mark.parametrize("ds", [1.0, 1.5])
 @pytest.mark.parametrize("context", [1, 2])
 @pytest.mark.parametrize("xs", [[0, 24, 48, 100], [0, 200]])
-def test_device_tiles_cut_from_a_row_block_equal_tiles_read_alone(pyramid, ds, context, xs):
+@pytest.mark.parametrize("bits", [8, 16])
+def test_device_tiles_cut_from_a_row_block_equal_tiles_read_alone(pyramid, pyramid16, ds, context, xs, bits):
     """The device path uploads one block per row (the strip the row spans, or sparse tiles side by side), normalises
-    it whole and cuts the tiles out there: each equals ``read_tile``."""
+    it whole and cuts the tiles out there: each equals ``read_tile`` (8- and 16-bit images)."""
     from dlpixel.inference.gpu import DeviceBlender, TorchNormalizer, host_block
 
-    src = FileImageSource(pyramid)
+    src = FileImageSource(pyramid if bits == 8 else pyramid16)
     pre = Preprocessing(channels=[2, 0], channel_names=["Red", "Green", "Blue"], normalization=NormalizationConfig(),
                         context_scale=context)
     stats = image_stats(src, pre)
@@ -408,14 +417,18 @@ def test_symmetry_probe_names_the_augmentations_own_flips_and_turns():
     assert seen == set(range(8))
 
 
-def test_device_cache_batches_equal_the_dataloader_batches():
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_device_cache_batches_equal_the_dataloader_batches(dtype):
     """Batches gathered, turned and normalised from the resident cache equal the DataLoader's (``PatchDataset(raw)``
-    + ``DeviceInputs``) bit for bit, epoch by epoch, in the sampler's order; validation batches likewise."""
+    + ``DeviceInputs``) bit for bit, epoch by epoch, in the sampler's order; validation batches likewise. 16-bit
+    tiles too (PyTorch cannot flip uint16 tensors: they are held as int16)."""
     from dlpixel.training.augment import build_augmentation
     from dlpixel.training.batches import DeviceCache, DeviceInputs, EpochSampler, PatchDataset
     from dlpixel.training.bench import _synthetic_cache
 
     cache = _synthetic_cache(11, 32)
+    if dtype is np.uint16:
+        cache.raw = cache.raw.astype(np.uint16) * 257 + 3
     cpu = torch.device("cpu")
     train_idx, val_idx = [0, 2, 3, 5, 6, 7, 8, 10], [1, 4, 9]
     augment = build_augmentation(TrainingConfig().augment, 32, seed=0)

@@ -159,7 +159,11 @@ class DeviceCache:
 
     def __init__(self, cache: PatchCache, device: torch.device, augment: Augment | None, seed: int):
         self.device, self.augment, self.seed = device, augment, seed
-        self.raw = torch.from_numpy(np.ascontiguousarray(cache.raw)).to(device)
+        raw = np.ascontiguousarray(cache.raw)
+        # PyTorch has few kernels for uint16 (no flip, no index_put): 16-bit tiles are held as int16, the same bits,
+        # and seen as uint16 again just before they are normalised.
+        self.uint16 = raw.dtype == np.uint16
+        self.raw = torch.from_numpy(raw.view(np.int16) if self.uint16 else raw).to(device)
         self.masks = torch.from_numpy(np.ascontiguousarray(cache.masks)).to(device)
         self.images = torch.as_tensor([t.image for t in cache.tiles], dtype=torch.long, device=device)
         self.prepare = DeviceInputs(device, cache)
@@ -184,6 +188,8 @@ class DeviceCache:
                 where = device_index([j for j, c in enumerate(codes) if c == code], self.device)
                 x[where] = d4_torch(x[where], code)
                 y[where] = d4_torch(y[where], code)
+        if self.uint16:
+            x = x.view(torch.uint16)
         return self.prepare((x, y, self.images.index_select(0, idx)))
 
     def epoch(self, sampler: EpochSampler, batch: int, drop_last: bool, epoch: int,
