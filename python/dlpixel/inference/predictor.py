@@ -1,8 +1,9 @@
 """Tiled, batched, prefetching inference that streams the blended result out in horizontal strips.
 
-Tiles are read (and normalised with the classifier's own ``Preprocessing``) by background threads while the model
-runs; each row of tiles is blended into an accumulator one tile high, and every pixel row that no later tile can
-touch is handed on at once. Memory is proportional to one row of tiles, never to the image.
+Rows of tiles are read by background threads while the model runs (raw pixels, normalised with the classifier's
+own ``Preprocessing`` when their batch is formed); each row of tiles is blended into an accumulator one tile high,
+and every pixel row that no later tile can touch is handed on at once. Memory is proportional to one row of tiles,
+never to the image. The model runners are in ``backends``; the device side of the PyTorch path in ``gpu``.
 """
 
 from __future__ import annotations
@@ -158,9 +159,10 @@ class Predictor:
         """Blended strips covering ``window`` (x0, y0, x1, y1 at the classifier's resolution; default the whole
         image), top to bottom. Only tiles that touch the window (and pass ``tile_filter``) are computed.
 
-        Rows of tiles are read as strips by background threads (``reading.read_raw_row``) ahead of the model;
-        batches span rows. On the host path tiles are normalised by the readers and blended in numpy; on the device
-        path (``uses_device``) raw tiles go to the device and come back as uint8 class strips (``gpu``).
+        Rows of tiles are read as strips by background threads ahead of the model; batches span rows. On the host
+        path the tiles of a batch are normalised and blended in numpy (``reading.read_raw_row``); on the device path
+        (``uses_device``) each row goes to the device as one block (``reading.read_raw_block``), is cut into tiles
+        there and comes back as uint8 class strips (``gpu``).
         """
         grid = self.grid(source)
         x0, y0, x1, y1 = window or (0, 0, grid.width, grid.height)
