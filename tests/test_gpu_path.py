@@ -330,13 +330,13 @@ def test_training_workers_auto_are_none_on_a_cpu_and_a_few_on_cuda(monkeypatch):
     from dlpixel.training import trainer
     from dlpixel.training.trainer import resolve_workers, worker_context
 
-    monkeypatch.setattr(trainer, "jvm_running", lambda: False)
+    monkeypatch.setattr(trainer, "fork_unsafe", lambda: False)
     assert resolve_workers(TrainingConfig(), torch.device("cpu")) == 0
     assert resolve_workers(TrainingConfig(), torch.device("cuda")) == max(0, min(4, (os.cpu_count() or 1) - 1))
     assert resolve_workers(TrainingConfig(num_workers=3), torch.device("cpu")) == 3
     assert worker_context(2) is None
     # In a process hosting QuPath's JVM: no workers unless asked for, and those spawned rather than forked.
-    monkeypatch.setattr(trainer, "jvm_running", lambda: True)
+    monkeypatch.setattr(trainer, "fork_unsafe", lambda: True)
     assert resolve_workers(TrainingConfig(), torch.device("cuda")) == 0
     assert resolve_workers(TrainingConfig(num_workers=2), torch.device("cuda")) == 2
     assert worker_context(2) == "spawn" and worker_context(0) is None

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, DlpixelError
+from ..runtime.process import mark_fork_unsafe
 
 log = logging.getLogger(__name__)
 
@@ -311,6 +312,7 @@ def start_jvm(qupath_dir: str | Path | None = None, *, headless: bool = True) ->
                               " JAVA_HOME") from e
     opts = jvm_options(install, headless=headless, java=java_feature_version(jvm))
     jpype.startJVM(jvm, *opts, classpath=[str(p) for p in install.jars], convertStrings=False)
+    mark_fork_unsafe("QuPath's Java VM")  # forked children could hang in its garbage collector
     _java_logging_to_stderr(quiet=headless)
     try:
         version = str(jpype.JClass("qupath.lib.common.GeneralTools").getVersion())

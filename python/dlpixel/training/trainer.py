@@ -25,6 +25,7 @@ from ..data.patches import UNLABELLED, PatchCache
 from ..errors import Cancelled, TrainingError
 from ..runtime.device import autocast_dtype, precision_name, resolve_device
 from ..runtime.events import CancelToken, Emitter
+from ..runtime.process import fork_unsafe
 from . import distributed
 from .batches import DeviceCache, DeviceInputs, EpochSampler, PatchDataset, inputs_on_device
 
@@ -42,19 +43,10 @@ def _epoch_batches(loader: DataLoader, dataset: PatchDataset, epoch: int) -> Any
     return iter(loader)
 
 
-def jvm_running() -> bool:
-    """Whether this process hosts a Java VM (QuPath through JPype): forked children of such a process can hang in
-    the VM (a garbage collection waits for a VM thread that the fork did not copy)."""
-    import sys
-
-    jpype = sys.modules.get("jpype")
-    return bool(jpype is not None and jpype.isJVMStarted())
-
-
 def worker_context(workers: int) -> str | None:
     """How DataLoader workers start: forked (the default, the patch cache shared), or spawned afresh (the dataset
-    pickled to each) in a process that hosts a Java VM."""
-    return "spawn" if workers > 0 and jvm_running() else None
+    pickled to each) in a process that cannot be forked safely (one hosting QuPath's Java VM, ``runtime.process``)."""
+    return "spawn" if workers > 0 and fork_unsafe() else None
 
 
 def resolve_workers(cfg: TrainingConfig, device: torch.device) -> int:
@@ -63,7 +55,7 @@ def resolve_workers(cfg: TrainingConfig, device: torch.device) -> int:
     cache each (a number set explicitly is kept, and spawned)."""
     if cfg.num_workers != "auto":
         return int(cfg.num_workers)
-    if device.type != "cuda" or jvm_running():
+    if device.type != "cuda" or fork_unsafe():
         return 0
     import os
 
