@@ -91,6 +91,8 @@ class DeviceBlender:
         self.wsum = torch.zeros((tile, width), dtype=torch.float32, device=device)
         self.probabilities = probabilities
         self._arange = torch.arange(tile, device=device)
+        self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        """Where row blocks are uploaded, beside the model's stream."""
         self._cols: dict[tuple[int, ...], torch.Tensor] = {}
 
     def shift(self, rows: int) -> None:
@@ -115,9 +117,7 @@ class DeviceBlender:
         (elementwise, so equal to normalising each tile) and one gather of the tiles' columns."""
         t0 = time.perf_counter()
         with torch.inference_mode():
-            if self.device.type == "cuda":
-                if self.copy_stream is None:
-                    self.copy_stream = torch.cuda.Stream(self.device)
+            if self.copy_stream is not None:
                 with torch.cuda.stream(self.copy_stream):
                     dev = block.to(self.device, non_blocking=True)
                 compute = torch.cuda.current_stream(self.device)
@@ -129,8 +129,6 @@ class DeviceBlender:
             out = x[:, :, self._columns(offsets)].permute(2, 0, 1, 3)  # (n, C, H, T)
         self.preprocess_seconds += time.perf_counter() - t0
         return out
-
-    copy_stream: Any = None
 
     def _columns(self, starts: Sequence[int]) -> torch.Tensor:
         """(n, T) column indices of tiles starting at ``starts``, on the device; rows repeat the same few patterns,

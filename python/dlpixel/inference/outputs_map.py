@@ -3,8 +3,9 @@ in bounded memory, and a PNG preview in the class colours.
 
 Each level's tiles are compressed once, as soon as a row of tiles is complete (by parallel threads, while the
 writer goes on with the next rows), and appended to a spool file beside the output; every reduced level is built
-on the fly from the rows of the level above (2 × 2 mode for class maps, mean for probabilities). ``close`` copies the compressed tiles into the TIFF in the order TIFF wants (channel by
-channel) under a temporary name and renames it into place. Memory: two rows of tiles per level at most.
+on the fly from the rows of the level above (2 × 2 mode for class maps, mean for probabilities). ``close`` copies
+the compressed tiles into the TIFF in the order TIFF wants (channel by channel) under a temporary name and renames
+it into place. Memory: two rows of tiles per level at most.
 """
 
 from __future__ import annotations
@@ -181,8 +182,6 @@ class ClassMapWriter:
         self.channel_names = list(channel_names) if channel_names is not None else None
         self.colors = list(colors) if colors is not None else None
         self.preview = Path(preview) if preview is not None else None
-        self.compression_level = compression_level if compression_level is not None else (
-            1 if kind == "classes" else 6)
         self._encode = _deflate_encoder(kind, compression_level)
         self.class_names = list(class_names) if class_names is not None else None
         if overlay is not None and kind != "classes":
@@ -275,8 +274,8 @@ class ClassMapWriter:
             block[:, : part.shape[1]] = part
             return self._encode(block)
 
-        # The codecs release the GIL: the tiles of a row compress in parallel threads (the same bytes as one by one), so
-        # on a GPU writing the map keeps up with the model; each thread holds one tile at a time.
+        # The codecs release the GIL: the tiles of a row compress in parallel threads (the same bytes as one by
+        # one), so on a GPU writing the map keeps up with the model; each thread holds one tile at a time.
         where = [(c, tx) for c in range(self.channels) for tx in range(level.n_tx)]
         pool = _compress_pool()
         self._in_flight = (level, ty, where, [pool.submit(compress, w) for w in where], rows)

@@ -218,7 +218,8 @@ class Predictor:
                 state["buf_y"] = y
             return out
 
-        with ThreadPoolExecutor(max_workers=self.reader_threads, thread_name_prefix="dlpixel-read") as pool:
+        readers = self.reader_threads
+        with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="dlpixel-read") as pool:
             futures: deque[tuple[int, Future]] = deque()
             ahead = max(2 * self.batch_size, 4)
             cursor, queued = 0, 0
@@ -227,7 +228,7 @@ class Predictor:
             def fill() -> None:
                 nonlocal cursor, queued
                 # At least one row per reader thread is in flight, so rows decode in parallel.
-                while cursor < len(plan) and (queued < ahead or len(futures) < self.reader_threads):
+                while cursor < len(plan) and (queued < ahead or len(futures) < readers):
                     y, xs = plan[cursor]
                     futures.append((cursor, pool.submit(read_row, y, xs)))
                     queued += len(xs)
@@ -320,12 +321,7 @@ def _same_thread(strips: Iterable[Strip]) -> Generator[Strip, None, None]:
 
 def _switching(strips: Iterator[Strip], switch: Any) -> Generator[Strip, None, None]:
     with switch:
-        try:
-            yield from strips
-        finally:
-            close = getattr(strips, "close", None)
-            if close is not None:
-                close()
+        yield from strips  # close() reaches ``strips``
 
 
 class _HostBlender:
@@ -345,7 +341,7 @@ class _HostBlender:
         t0 = time.perf_counter()
         batch = normalize_raw(np.stack(tiles), self.pre, self.stats)
         batch = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
-        self.preprocess_seconds = time.perf_counter() - t0
+        self.preprocess_seconds += time.perf_counter() - t0
         probs = backend(batch)
         probs *= self.window
         return probs

@@ -1,10 +1,11 @@
 """Training throughput as a ratio against the training step alone, on the same device, batch and precision.
 
 ``bench train`` runs ``trainer.fit`` (what ``dlpixel train`` runs after extracting tiles: the batches, from the
-patch cache resident on a GPU or from a DataLoader with its workers, with their augmentation, the step, the loss read-outs, validation every epoch, best-weight copies) over a patch
-cache of synthetic raw tiles, and compares its training tiles per second with the step alone (forward, CE+Dice
-loss, backward, AdamW) on a batch already on the device: ``loop_efficiency`` = fit ÷ step alone. Validation time
-counts against the loop, as it does in a real run.
+patch cache resident on a GPU or from a DataLoader with its workers, with their augmentation, the step, the loss
+read-outs, validation every epoch, best-weight copies) over a patch cache of synthetic raw tiles, and compares
+its training tiles per second with the step alone (forward, CE+Dice loss, backward, AdamW) on a batch already on
+the device: ``loop_efficiency`` = fit ÷ step alone. Validation time counts against the loop, as it does in a real
+run.
 """
 
 from __future__ import annotations
@@ -77,12 +78,13 @@ def bench_train(
     augment = build_augmentation(cfg.augment, tile_size, seed=cfg.seed)
     ds = PatchDataset(cache, train_idx, augment, seed=cfg.seed, raw=raw)
     if resident:
-        device_cache = DeviceCache(cache, dev, augment, cfg.seed)
+        tiles_on_device = DeviceCache(cache, dev, augment, cfg.seed)
         sampler = EpochSampler(torch.utils.data.RandomSampler(ds), ds)
         sync()
         t0 = time.perf_counter()
-        for _ in device_cache.epoch(sampler, batch_size, False, 1, train_idx):
+        for _ in tiles_on_device.epoch(sampler, batch_size, False, 1, train_idx):
             pass
+        del tiles_on_device  # ``fit`` keeps its own copy: the peak memory printed is the run's
     else:
         loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
                                              pin_memory=dev.type == "cuda",
