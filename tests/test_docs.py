@@ -47,7 +47,7 @@ def test_every_setting_appears_once_with_its_default_and_a_description() -> None
             for name in key.split("."):
                 value = getattr(value, name)
             assert cells[1] == docs_gen._show(value)
-            assert cells[3], f"{key} has no description (add a docstring in config.py)"
+            assert cells[3], f"{key} has no description (add a docstring in config/__init__.py)"
 
 
 def test_hand_written_entries_name_real_settings() -> None:

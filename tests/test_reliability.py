@@ -20,7 +20,8 @@ import shapely
 import tifffile
 import torch
 from dlpixel.classifiers import store
-from dlpixel.config import TrainingConfig, build_config, validate_name
+from dlpixel.config import TrainingConfig, validate_name
+from dlpixel.config.layers import build_config
 from dlpixel.errors import ClassifierError, ConfigError
 
 sys.path.insert(0, str(Path(__file__).parent))

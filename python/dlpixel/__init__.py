@@ -56,7 +56,8 @@ def train(
 ) -> ClassifierEntry:
     """Train a pixel classifier on the classified annotations of ``images`` (all annotated images when None) and
     save it atomically to ``<project>/classifiers/dl/<name>/``. Refuses an existing name unless ``overwrite``."""
-    from .config import TrainingConfig, build_config
+    from .config import TrainingConfig
+    from .config.layers import build_config
     from .training.run import train_classifier
 
     cfg = settings if isinstance(settings, TrainingConfig) else build_config(TrainingConfig, dict(settings or {}),
@@ -76,7 +77,8 @@ def apply(
 ) -> list[Path]:
     """Apply the saved ``classifier`` to ``images`` (all when None) and write ``settings['output']``
     (measurements, objects, map, probabilities); returns the files written (QuPath projects: the saved images)."""
-    from .config import InferenceConfig, build_config
+    from .config import InferenceConfig
+    from .config.layers import build_config
     from .inference.run import apply_classifier
 
     cfg = settings if isinstance(settings, InferenceConfig) else build_config(InferenceConfig, dict(settings or {}),

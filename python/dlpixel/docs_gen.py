@@ -70,7 +70,7 @@ MEANING: dict[str, str] = {
     "ONNX Runtime and CPUs compute in fp32. Recorded in the run's events.",
     "inference.object_type": "QuPath object type of the objects written by `output: objects`.",
 }
-"""What a setting does, for fields whose docstring in ``config.py`` does not say it."""
+"""What a setting does, for fields whose docstring in ``config/__init__.py`` does not say it."""
 
 GUIDANCE: dict[str, str] = {
     # training

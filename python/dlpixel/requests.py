@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from .classifiers import store
-from .config import InferenceConfig, TrainingConfig, build_config
+from .config import InferenceConfig, TrainingConfig
+from .config.layers import build_config
 from .errors import ConfigError, DataError
 from .runtime.events import CancelToken, Listener
 

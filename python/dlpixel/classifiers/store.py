@@ -447,7 +447,7 @@ def layered_settings(root: Path | None, from_model: str | None, config_file: str
                      overrides: Sequence[str]) -> list[dict[str, Any]]:
     """Setting layers, later ones winning: the training settings of the classifier ``from_model`` in the project at
     ``root``, then a JSON ``config_file``, then ``key=value`` ``overrides``."""
-    from ..config import load_config_file, parse_overrides
+    from ..config.layers import load_config_file, parse_overrides
 
     layers: list[dict[str, Any]] = []
     if from_model:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..config import InferenceConfig, build_config
+from ..config import InferenceConfig
+from ..config.layers import build_config
 from ..errors import DataError
 from .common import (
     add_progress_flags,

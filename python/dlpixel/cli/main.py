@@ -27,7 +27,8 @@ from .common import (
 
 def training_settings(args: argparse.Namespace) -> tuple[TrainingConfig, str | None]:
     from ..classifiers import store
-    from ..config import TrainingConfig, build_config
+    from ..config import TrainingConfig
+    from ..config.layers import build_config
 
     """The training settings of ``settings_layers``, and the default name when they come from another model."""
     default_name = store.retrain_name(args.from_model) if getattr(args, "from_model", None) else None
@@ -174,7 +175,8 @@ def _confirm(question: str) -> bool:
 
 def _import_onnx(args: argparse.Namespace, root: Path) -> int:
     from ..classifiers.onnx_import import import_onnx
-    from ..config import NormalizationConfig, build_config, parse_overrides
+    from ..config import NormalizationConfig
+    from ..config.layers import build_config, parse_overrides
 
     missing = [flag for flag, value in (("--file", args.file), ("--classes", args.classes),
                                         ("--channels", args.channels), ("--tile-size", args.tile_size)) if not value]

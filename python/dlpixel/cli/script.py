@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config import InferenceConfig, TrainingConfig, build_config
+from ..config import InferenceConfig, TrainingConfig
+from ..config.layers import build_config
 from ..qupath.scripting import _choices, apply_script, training_script
 from .common import settings_layers
 
