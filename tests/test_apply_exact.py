@@ -171,3 +171,16 @@ def test_imported_classifiers_honour_fixed_statistics(tmp_path, onnx_file):
                                       "normalization": NormalizationConfig(image_level=False)})
     with pytest.raises(ConfigError, match="holds none"):
         stats_for(src, no_stats)
+
+
+def test_a_map_written_by_a_separate_process_is_the_same_file(tmp_path, onnx_file):
+    import re
+
+    folder, _, _ = make_project(tmp_path, onnx_file, 1.4)
+    contents = {}
+    for writer in ("same_process", "separate_process"):
+        written = apply_classifier(open_project(folder), "threshold",
+                                   InferenceConfig(output="overlay", scope="image", map_writer=writer))
+        contents[writer] = {p.name: re.sub(rb"urn:uuid:[0-9a-f-]+", b"", p.read_bytes()) for p in written}
+    assert len(contents["same_process"]) == 4 and contents["same_process"] == contents["separate_process"]
+    assert not [p for p in (folder / "results").rglob(".*")]  # no temporaries left

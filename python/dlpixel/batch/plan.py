@@ -6,8 +6,8 @@ A task's key is the SHA-256 of
 - the annotations the results are computed in (scope ``annotations``), as canonical GeoJSON without their
   measurements;
 - the classifier: the SHA-256 of every file in its folder;
-- the settings that change results (all inference settings but ``batch_size``, ``reader_threads`` and
-  ``cuda_graphs``).
+- the settings that change results (all inference settings but ``batch_size``, ``reader_threads``,
+  ``cuda_graphs`` and ``map_writer``).
 A rerun skips a task whose state is ``done`` with the same key and redoes every other one.
 """
 
@@ -28,7 +28,7 @@ from ..data.geojson import shape_to_feature
 from ..errors import DataError
 
 SAMPLE = 64 * 1024
-SPEED_ONLY = ("batch_size", "reader_threads", "cuda_graphs")
+SPEED_ONLY = ("batch_size", "reader_threads", "cuda_graphs", "map_writer")
 """Settings that change how fast results come, never what they are: left out of the task key."""
 READABLE_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff", ".svs", ".png", ".jpg", ".jpeg")
 

@@ -12,7 +12,7 @@ def _cmd_inference(args: argparse.Namespace) -> int:
 
     result = bench_inference(args.size, args.tile_size, args.batch_size, args.backbone, args.backend, args.device,
                              args.repeats, args.precision, args.reader_threads, args.image, args.cuda_graphs,
-                             not args.inline_writer, args.path)
+                             not args.inline_writer, args.path, args.map_writer)
     return _print(result, args.json)
 
 
@@ -63,6 +63,9 @@ def register_cli(sub: Any) -> None:
                    help="run the model layer by layer on CUDA instead of as a CUDA graph")
     q.add_argument("--inline-writer", action="store_true",
                    help="write the map between batches in the computing thread, not beside it")
+    q.add_argument("--map-writer", choices=["auto", "separate_process", "same_process"], default="auto",
+                   help="compress the map in a child process or in this one (auto: a child on CUDA), as apply's "
+                        "map_writer")
     q.add_argument("--path", choices=["auto", "host", "device"], default="auto",
                    help="blend in numpy (host) or with PyTorch on the model's device (auto: device on CUDA)")
     q.add_argument("--json", action="store_true", help="one JSON object")

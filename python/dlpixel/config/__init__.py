@@ -391,6 +391,12 @@ class InferenceConfig(_Settings):
     reader_threads: int | Literal["auto"] = "auto"
     """Threads that read (and decode) rows of tiles ahead of the model. ``auto``: 2 where the model runs on a CPU
     (it is the bottleneck there), 8 (at most half the cores) where it runs on a CUDA GPU, which takes rows faster."""
+    map_writer: Literal["auto", "separate_process", "same_process"] = "auto"
+    """Where ``map``, ``probabilities`` and ``overlay`` files are compressed and their pyramid levels built:
+    ``separate_process`` in a child process (each strip crosses a pipe once; the file is the same byte for byte),
+    so its Python never holds the interpreter lock that the thread launching the model needs; ``same_process``
+    in a thread of this one. ``auto``: a separate process where the model runs on a CUDA GPU, this process on a
+    CPU (there the model is the bottleneck)."""
     refine: Literal["auto", "none", "watershed"] = "auto"
     """``watershed``: pixels called with probability > 0.95 seed their class and the others take the class whose
     flood over the image's gradient (Gaussian 1.5 px) reaches them first, so boundaries sit on edges

@@ -95,6 +95,7 @@ def bench_inference(
     cuda_graphs: bool = True,
     writer_thread: bool = True,
     path: str = "auto",
+    map_writer: str = "auto",
 ) -> dict[str, Any]:
     """Tiles per second of ``apply`` end to end (reads, normalisation, model, blending, the class-map writer) and of
     the model alone at the same batch and precision, their ratio, and seconds per stage of the fastest end-to-end
@@ -103,7 +104,7 @@ def bench_inference(
     from ..data.images import FileImageSource
     from ..data.preprocessing import stats_for
     from ..inference.backends import load_backend
-    from ..inference.outputs_map import ClassMapWriter
+    from ..inference.map_process import open_map_writer, prestart
     from ..inference.predictor import Predictor
 
     with tempfile.TemporaryDirectory(prefix="dlpixel-bench-") as tmp:
@@ -116,6 +117,10 @@ def bench_inference(
         predictor = Predictor(model, meta, tile_size, None, batch_size, reader_threads, on_device=on_device)
         predictor.keep_probabilities = False
         predictor.writer_thread = writer_thread
+        separate = (map_writer == "separate_process"
+                    or (map_writer == "auto" and predictor.uses_device() and model.device == "cuda"))
+        if separate:
+            prestart()
         grid = predictor.grid(source)
         n_tiles = len(grid.xs) * len(grid.ys)
         n_batches = max(2, int(np.ceil(n_tiles / batch_size)))
@@ -127,8 +132,8 @@ def bench_inference(
             t0 = time.perf_counter()
             stats = stats_for(source, meta.preprocessing)
             t_stats = time.perf_counter() - t0
-            with ClassMapWriter(root / "map.ome.tif", grid.width, grid.height, 1, pixel_size_um=0.5,
-                                channel_names=["classes"], kind="classes") as sink:
+            with open_map_writer(separate, root / "map.ome.tif", grid.width, grid.height, 1, pixel_size_um=0.5,
+                                 channel_names=["classes"], kind="classes") as sink:
                 ahead = predictor.ahead_of_writer(predictor.strips(source, stats))  # as ``apply`` writes
                 try:
                     for strip in ahead:
@@ -151,6 +156,7 @@ def bench_inference(
         "path": "device" if predictor.uses_device() else "host",
         "cuda_graphs": bool(getattr(model, "cuda_graphs", False)),
         "writer_thread": writer_thread,
+        "map_writer": "separate_process" if separate else "same_process",
         "backbone": backbone,
         "image_px": f"{source.width}x{source.height}",
         "tile_size": tile_size,

@@ -159,6 +159,10 @@ def apply_classifier(
     for folder in dict.fromkeys(output_folder(project, im, classifier, cfg.output) for im in images):
         if folder is not None:
             check_output_folder(folder, project.root if folder.is_relative_to(project.root) else None)
+    if cfg.output in MAP_OUTPUTS and _map_writer_may_be_separate(cfg):
+        from .map_process import prestart
+
+        prestart()  # the writer's process starts while the model loads
     backend = load_backend(entry.path, meta, cfg.backend, cfg.device, cfg.precision, cfg.cuda_graphs)
     precision = getattr(backend, "precision", "fp32")
     emit("stage", stage="inference", message=f"applying '{classifier}' with {backend.name} on {backend.device} "
@@ -178,6 +182,23 @@ def apply_classifier(
     emit("done", message=f"applied '{classifier}': {len(written)} file(s) written", written=[str(p) for p in written],
          backend=backend.name, device=backend.device, precision=precision)
     return written
+
+
+def _map_writer_may_be_separate(cfg: InferenceConfig) -> bool:
+    """Whether maps may be written by a separate process (``map_writer``), known before the model is loaded."""
+    from ..runtime.device import surely_cpu
+
+    if cfg.map_writer == "auto":
+        return cfg.device in ("auto", "cuda") and not surely_cpu()
+    return cfg.map_writer == "separate_process"
+
+
+def separate_map_writer(cfg: InferenceConfig, predictor: Predictor) -> bool:
+    """Whether this run writes maps from a separate process: ``map_writer``, ``auto`` where the predictor blends
+    on a CUDA device."""
+    if cfg.map_writer == "auto":
+        return predictor.uses_device() and getattr(predictor.backend, "device", "cpu") == "cuda"
+    return cfg.map_writer == "separate_process"
 
 
 def _apply_image(
@@ -258,8 +279,8 @@ def _predict_plane(
 ) -> Any:
     """Predict one plane of an image over the scope and hand the strips to the output's sink; the finished sink
     (a map sink is closed and lists its files in ``written``)."""
+    from .map_process import open_map_writer
     from .outputs import AreaAccumulator, ObjectBuilder, default_min_object_area
-    from .outputs_map import ClassMapWriter
 
     class_names = meta.class_names
     ds = meta.downsample
@@ -296,8 +317,8 @@ def _predict_plane(
         preview = path.with_name(path.name.replace(".ome.tif", ".png"))
         overlay = path.with_name(f"{map_stem(image.name)}.overlay.png") if cfg.output == "overlay" else None
         _check_project(project)  # the writer creates its folder: never the project's, should it have gone
-        sink = ClassMapWriter(
-            path, grid.width, grid.height, 1 if classes else len(class_names),
+        sink = open_map_writer(
+            separate_map_writer(cfg, predictor), path, grid.width, grid.height, 1 if classes else len(class_names),
             pixel_size_um=pixel_size * ds if pixel_size else None,
             channel_names=["classes"] if classes else class_names,
             kind="classes" if classes else "probabilities",

@@ -1,0 +1,382 @@
+"""The map writer in a process of its own: ``ClassMapWriter`` behind a pipe.
+
+On a GPU the thread that launches the model shares the interpreter lock with every other thread of the process:
+each PyTorch call gives the lock up and takes it back, and while the map writer's Python (strip copies, the 2 × 2
+mode of each pyramid level, handing tiles to its compressing threads) holds it, the launching thread waits and
+the device idles. ``MapWriterProcess`` takes the same calls as ``ClassMapWriter`` and runs it in a child
+process: each strip crosses one pipe as raw bytes (a 384 × 8192 class strip is 3 MB, one copy), and the child
+compresses and builds the pyramid with its own interpreter lock and threads. The file it writes is byte for byte
+the file ``ClassMapWriter`` writes in this process (tests compare them).
+
+The child is a plain ``python -m dlpixel.inference.map_process`` (not ``multiprocessing``: nothing of the
+caller's ``__main__`` is imported again, and a process hosting QuPath's JVM is never forked), started once and
+kept for the next maps of the run. It ignores Ctrl-C: the caller aborts it, and the child removes its
+temporary files as ``ClassMapWriter.abort`` does. When the caller dies, the child reads the end of its pipe,
+aborts and exits. Errors in the child reach the caller at its next call, with their type (``OSError`` keeps its
+errno and message, so "disk full" reads the same as in this process).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import subprocess
+import sys
+import threading
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PIPE_BYTES = 1 << 20
+"""Capacity asked for the strip pipe (Linux allows 1 MiB to any process): a 3 MB strip crosses in three writes
+instead of 48 of the default 64 KiB."""
+START_TIMEOUT_S = 120.0
+"""How long to wait for a new child to answer (it imports numpy, tifffile and OpenCV: about 1 s)."""
+
+_idle: list[_Child] = []
+_idle_lock = threading.Lock()
+
+
+class MapWriterError(RuntimeError):
+    """The child stopped or answered out of turn."""
+
+
+def _grow_pipe(fd: int) -> None:
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+    except (ImportError, OSError):
+        pass  # not Linux, or a lower system limit: the default pipe works, in more writes
+
+
+class _Child:
+    """One child process and the two pipes to it (commands and strips in, answers out)."""
+
+    def __init__(self) -> None:
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        _grow_pipe(to_child_w)
+        package_root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([package_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                                                              if p])
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "dlpixel.inference.map_process", str(to_child_r), str(from_child_w)],
+                pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL, env=env, close_fds=True,
+            )
+        finally:
+            os.close(to_child_r)
+            os.close(from_child_w)
+        self.send = Connection(to_child_w, readable=False, writable=True)
+        self.recv = Connection(from_child_r, readable=True, writable=False)
+        self.ready = False
+        """Whether its first answer ("ready", sent when its imports are done) has been read."""
+
+    def ask(self, message: tuple, timeout: float | None = None) -> Any:
+        """Send ``message`` and return the child's answer (raising the error it reports)."""
+        self.send.send(message)
+        return self.answer(timeout)
+
+    def answer(self, timeout: float | None = None) -> Any:
+        if timeout is not None and not self.recv.poll(timeout):
+            raise MapWriterError(f"the map writer process did not answer within {timeout:.0f} s")
+        try:
+            kind, value = self.recv.recv()
+        except (EOFError, OSError):
+            code = self.proc.poll()
+            raise MapWriterError(f"the map writer process stopped unexpectedly (exit code {code})") from None
+        if kind == "error":
+            raise _rebuild(value)
+        return value
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        for conn in (self.send, self.recv):
+            try:
+                conn.close()
+            except OSError:
+                pass
+        try:  # the end of its pipe makes the child abort what it holds and exit
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()  # SIGTERM: the child aborts too
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _rebuild(info: tuple[str, int | None, str | None, str | None, str]) -> BaseException:
+    """The child's exception as the caller's: OSError with its errno, ValueError and RuntimeError as they were."""
+    name, errno, strerror, filename, message = info
+    if errno is not None:
+        return OSError(errno, strerror or message, filename) if filename else OSError(errno, strerror or message)
+    if name == "ValueError":
+        return ValueError(message)
+    return RuntimeError(message if name == "RuntimeError" else f"{name}: {message}")
+
+
+def _take_child() -> _Child:
+    with _idle_lock:
+        while _idle:
+            child = _idle.pop()
+            if child.alive():
+                break
+            child.stop()
+        else:
+            child = _Child()
+    if not child.ready:
+        try:
+            child.answer(START_TIMEOUT_S)  # "ready": its imports are done
+        except BaseException:
+            child.stop()
+            raise
+        child.ready = True
+    return child
+
+
+def _give_back(child: _Child) -> None:
+    with _idle_lock:
+        if child.alive() and not _idle:
+            _idle.append(child)
+            return
+    child.stop()
+
+
+def prestart() -> None:
+    """Start a child now, without waiting for it: it imports its libraries while the caller loads its model, and
+    the next writer takes it."""
+    with _idle_lock:
+        if _idle:
+            return
+        _idle.append(_Child())
+
+
+@atexit.register
+def _stop_idle() -> None:
+    with _idle_lock:
+        children = list(_idle)
+        _idle.clear()
+    for child in children:
+        child.stop()
+
+
+class MapWriterProcess:
+    """``ClassMapWriter`` (same arguments, same calls, same file) run by a child process."""
+
+    def __init__(self, path: str | Path, width: int, height: int, channels: int, **options: Any) -> None:
+        self.path = Path(path)
+        self.width, self.height, self.channels = width, height, channels
+        self._rows = 0
+        self._done = False
+        self._child: _Child | None = _take_child()
+        try:
+            self._child.ask(("open", (str(self.path), width, height, channels), options))
+        except BaseException:
+            self._drop_child()
+            raise
+
+    @property
+    def rows_written(self) -> int:
+        """Rows of level 0 sent so far."""
+        return self._rows
+
+    def add_strip(self, y0: int, strip: np.ndarray) -> None:
+        """As ``ClassMapWriter.add_strip``; the strip is copied into the pipe and written by the child meanwhile."""
+        child = self._check_open()
+        strip = np.asarray(strip)
+        if strip.ndim == 2:
+            strip = strip[:, :, None]
+        if strip.ndim != 3 or strip.shape[1:] != (self.width, self.channels) or strip.dtype != np.uint8:
+            raise ValueError(
+                f"{self.path}: expected uint8 strips of shape (rows, {self.width}, {self.channels}), "
+                f"got {strip.dtype} {strip.shape}"
+            )
+        if y0 != self._rows:
+            raise ValueError(f"{self.path}: strip starts at row {y0}, expected row {self._rows}")
+        if y0 + strip.shape[0] > self.height:
+            raise ValueError(f"{self.path}: strip rows {y0}..{y0 + strip.shape[0]} run past the map's {self.height}")
+        if child.recv.poll():  # the child failed on an earlier strip
+            self._fail(child)
+        try:
+            child.send.send(("strip", y0, strip.shape))
+            child.send.send_bytes(memoryview(np.ascontiguousarray(strip).reshape(-1)))
+        except BaseException:
+            # Half a message may be in the pipe: the child cannot go on. Closing the pipe makes it abort (its
+            # spool removed) and exit.
+            self._child = None
+            child.stop()
+            raise
+        self._rows += strip.shape[0]
+
+    def _check_open(self) -> _Child:
+        if self._child is None:
+            raise RuntimeError(f"{self.path}: the map writer is already closed")
+        return self._child
+
+    def _fail(self, child: _Child) -> None:
+        """Raise the error the child reported for an earlier strip, leaving nothing behind."""
+        try:
+            child.answer(START_TIMEOUT_S)
+            error: BaseException = MapWriterError("the map writer process answered out of turn")
+        except BaseException as err:  # noqa: BLE001 - the child's own error is the one to raise
+            error = err
+        self.abort()
+        raise error
+
+    def close(self) -> Path:
+        """Write the OME-TIFF (and the preview or overlay) and return its path, as ``ClassMapWriter.close``."""
+        if self._done:
+            return self.path
+        child = self._check_open()
+        try:
+            path = Path(child.ask(("close",)))
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        self._release_child()
+        return path
+
+    def abort(self) -> None:
+        """Drop everything written so far; the output path is left untouched."""
+        child, self._child = self._child, None
+        if child is None:
+            return
+        try:
+            child.send.send(("abort",))
+            while True:  # an error the child sent for an earlier strip may come first
+                kind, _ = child.recv.recv() if child.recv.poll(START_TIMEOUT_S) else ("timeout", None)
+                if kind != "error":
+                    break
+        except (OSError, EOFError):  # a child that is gone or cannot answer is stopped (it aborts when its pipe
+            child.stop()             # closes)
+            return
+        except BaseException:
+            child.stop()
+            raise
+        if kind == "ok":
+            _give_back(child)
+        else:
+            child.stop()
+
+    def _release_child(self) -> None:
+        child, self._child = self._child, None
+        if child is not None:
+            _give_back(child)
+
+    def _drop_child(self) -> None:
+        child, self._child = self._child, None
+        if child is not None:
+            _give_back(child) if child.alive() else child.stop()
+
+    def __enter__(self) -> MapWriterProcess:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def open_map_writer(separate_process: bool, path: str | Path, width: int, height: int, channels: int,
+                    **options: Any) -> Any:
+    """A ``MapWriterProcess`` when ``separate_process`` (``ClassMapWriter`` in this process where the child
+    cannot start, with a warning), else a ``ClassMapWriter``."""
+    from .outputs_map import ClassMapWriter
+
+    if separate_process:
+        try:
+            return MapWriterProcess(path, width, height, channels, **options)
+        except MapWriterError as err:
+            import warnings
+
+            warnings.warn(f"{err}; writing the map in this process instead", RuntimeWarning, stacklevel=2)
+    return ClassMapWriter(path, width, height, channels, **options)
+
+
+def _error_info(err: BaseException) -> tuple[str, int | None, str | None, str | None, str]:
+    if isinstance(err, OSError):
+        name = err.filename if isinstance(err.filename, str) else None
+        return type(err).__name__, err.errno, err.strerror, name, str(err)
+    return type(err).__name__, None, None, None, str(err)
+
+
+def _serve(commands: Connection, answers: Connection) -> None:
+    """The child's loop: one writer at a time, until the caller closes the pipe (or SIGTERM); an unfinished map is
+    then aborted, its temporary files removed."""
+    from .outputs_map import ClassMapWriter
+
+    writer: ClassMapWriter | None = None
+    failed = False
+    answers.send(("ok", "ready"))
+    try:
+        while True:
+            try:
+                message = commands.recv()
+            except (EOFError, OSError):
+                break
+            kind = message[0]
+            if kind == "strip":
+                data = commands.recv_bytes()
+                if failed or writer is None:
+                    continue  # the caller reads the error sent for the first failure and aborts
+                try:
+                    y0, shape = message[1], message[2]
+                    writer.add_strip(y0, np.frombuffer(data, np.uint8).reshape(shape))
+                except Exception as err:  # noqa: BLE001 - reported to the caller, once
+                    failed = True
+                    answers.send(("error", _error_info(err)))
+                continue
+            try:
+                if kind == "open":
+                    (path, width, height, channels), options = message[1], message[2]
+                    if writer is not None:
+                        writer.abort()
+                    writer, failed = None, False
+                    writer = ClassMapWriter(path, width, height, channels, **options)
+                    answers.send(("ok", None))
+                elif kind == "close":
+                    if failed:
+                        continue  # its error, sent once when it happened, is the answer the caller reads
+                    if writer is None:
+                        raise MapWriterError("the map writer was never opened")
+                    closing, writer = writer, None
+                    answers.send(("ok", str(closing.close())))  # close() aborts by itself when it fails
+                elif kind == "abort":
+                    if writer is not None:
+                        writer.abort()
+                    writer, failed = None, False
+                    answers.send(("ok", None))
+                else:
+                    raise MapWriterError(f"unknown command {kind!r}")
+            except Exception as err:  # noqa: BLE001 - reported to the caller
+                answers.send(("error", _error_info(err)))
+    finally:
+        if writer is not None:
+            writer.abort()
+
+
+def main(argv: list[str]) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller decides: Ctrl-C there aborts the map here
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # unwinds through _serve, which aborts the map
+    commands = Connection(int(argv[0]), readable=True, writable=False)
+    answers = Connection(int(argv[1]), readable=False, writable=True)
+    try:
+        _serve(commands, answers)
+    except (BrokenPipeError, EOFError):
+        pass
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
