@@ -17,6 +17,7 @@ import pytest
 from dlpixel.inference import map_process
 from dlpixel.inference.map_process import MapWriterError, MapWriterProcess, open_map_writer
 from dlpixel.inference.outputs_map import ClassMapWriter
+from dlpixel.runtime import children
 
 
 def _maps(h: int, w: int, channels: int) -> np.ndarray:
@@ -132,8 +133,8 @@ def test_abort_leaves_nothing_and_a_killed_child_is_reported(tmp_path: Path) -> 
 
 
 def test_without_a_child_the_map_is_written_in_this_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    map_process._stop_idle()
-    monkeypatch.setattr(map_process.sys, "executable", "/bin/false")
+    map_process._pool.stop_idle()
+    monkeypatch.setattr(children.sys, "executable", "/bin/false")
     with pytest.warns(RuntimeWarning, match="writing the map in this process instead"):
         sink = open_map_writer(True, tmp_path / "m.ome.tif", 64, 40, 1)
     assert isinstance(sink, ClassMapWriter)

@@ -152,6 +152,7 @@ GUIDANCE: dict[str, str] = {
     "inference.refine": "Leave `auto`. `none` to see the model's own boundaries; `watershed` to try it on a U-Net.",
     "inference.precision": "Leave `bf16` on a GPU (about 2× the tiles/s of fp32 on tensor cores).",
     "inference.cuda_graphs": "Leave on.",
+    "inference.row_readers": "Leave `auto`; `same_process` where a system forbids starting child processes.",
     "inference.map_writer": "Leave `auto`; `same_process` where a system forbids starting child processes.",
     "inference.object_type": "`detection` for many objects (lighter in QuPath); `annotation` when you want to edit "
     "them.",

@@ -7,7 +7,7 @@ A task's key is the SHA-256 of
   measurements;
 - the classifier: the SHA-256 of every file in its folder;
 - the settings that change results (all inference settings but ``batch_size``, ``reader_threads``,
-  ``cuda_graphs`` and ``map_writer``).
+  ``cuda_graphs``, ``row_readers`` and ``map_writer``).
 A rerun skips a task whose state is ``done`` with the same key and redoes every other one.
 """
 
@@ -28,7 +28,7 @@ from ..data.geojson import shape_to_feature
 from ..errors import DataError
 
 SAMPLE = 64 * 1024
-SPEED_ONLY = ("batch_size", "reader_threads", "cuda_graphs", "map_writer")
+SPEED_ONLY = ("batch_size", "reader_threads", "cuda_graphs", "row_readers", "map_writer")
 """Settings that change how fast results come, never what they are: left out of the task key."""
 READABLE_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff", ".svs", ".png", ".jpg", ".jpeg")
 

@@ -12,7 +12,7 @@ def _cmd_inference(args: argparse.Namespace) -> int:
 
     result = bench_inference(args.size, args.tile_size, args.batch_size, args.backbone, args.backend, args.device,
                              args.repeats, args.precision, args.reader_threads, args.image, args.cuda_graphs,
-                             not args.inline_writer, args.path, args.map_writer)
+                             not args.inline_writer, args.path, args.map_writer, args.row_readers)
     return _print(result, args.json)
 
 
@@ -66,6 +66,9 @@ def register_cli(sub: Any) -> None:
     q.add_argument("--map-writer", choices=["auto", "separate_process", "same_process"], default="auto",
                    help="compress the map in a child process or in this one (auto: a child on CUDA), as apply's "
                         "map_writer")
+    q.add_argument("--row-readers", choices=["auto", "separate_processes", "same_process"], default="auto",
+                   help="read rows of tiles in child processes or in threads of this one (auto: children on CUDA), "
+                        "as apply's row_readers")
     q.add_argument("--path", choices=["auto", "host", "device"], default="auto",
                    help="blend in numpy (host) or with PyTorch on the model's device (auto: device on CUDA)")
     q.add_argument("--json", action="store_true", help="one JSON object")

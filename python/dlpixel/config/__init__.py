@@ -391,6 +391,12 @@ class InferenceConfig(_Settings):
     reader_threads: int | Literal["auto"] = "auto"
     """Threads that read (and decode) rows of tiles ahead of the model. ``auto``: 2 where the model runs on a CPU
     (it is the bottleneck there), 8 (at most half the cores) where it runs on a CUDA GPU, which takes rows faster."""
+    row_readers: Literal["auto", "separate_processes", "same_process"] = "auto"
+    """Where rows of tiles of an image file are read and decoded: ``separate_processes``, one child process per
+    reader (``reader_threads`` of them; each opens the file itself and sends the raw block back, received straight
+    into the memory it is uploaded from), so decoding never holds the interpreter lock that the thread launching
+    the model needs; ``same_process``: threads of this one. ``auto``: separate processes where the model runs on
+    a CUDA GPU, threads on a CPU. Images served by QuPath are always read in this process."""
     map_writer: Literal["auto", "separate_process", "same_process"] = "auto"
     """Where ``map``, ``probabilities`` and ``overlay`` files are compressed and their pyramid levels built:
     ``separate_process`` in a child process (each strip crosses a pipe once; the file is the same byte for byte),

@@ -96,6 +96,7 @@ def bench_inference(
     writer_thread: bool = True,
     path: str = "auto",
     map_writer: str = "auto",
+    row_readers: str = "auto",
 ) -> dict[str, Any]:
     """Tiles per second of ``apply`` end to end (reads, normalisation, model, blending, the class-map writer) and of
     the model alone at the same batch and precision, their ratio, and seconds per stage of the fastest end-to-end
@@ -117,6 +118,7 @@ def bench_inference(
         predictor = Predictor(model, meta, tile_size, None, batch_size, reader_threads, on_device=on_device)
         predictor.keep_probabilities = False
         predictor.writer_thread = writer_thread
+        predictor.row_readers = row_readers
         separate = (map_writer == "separate_process"
                     or (map_writer == "auto" and predictor.uses_device() and model.device == "cuda"))
         if separate:
@@ -157,6 +159,7 @@ def bench_inference(
         "cuda_graphs": bool(getattr(model, "cuda_graphs", False)),
         "writer_thread": writer_thread,
         "map_writer": "separate_process" if separate else "same_process",
+        "row_readers": predictor.rows_read_in,
         "backbone": backbone,
         "image_px": f"{source.width}x{source.height}",
         "tile_size": tile_size,

@@ -22,7 +22,7 @@ from ..runtime.device import device_index
 from ..runtime.normalize import TorchNormalizer, normalize_torch
 
 __all__ = ["NOT_COMPUTED", "DeviceBlender", "DeviceStrip", "TorchNormalizer", "class_map", "host_block",
-           "normalize_torch"]
+           "normalize_torch", "pinned_buffer"]
 
 NOT_COMPUTED = 255
 """Class index of a pixel no tile was computed for."""
@@ -197,3 +197,11 @@ def host_block(block: np.ndarray, device: torch.device) -> torch.Tensor:
     pinned = torch.empty(host.shape, dtype=host.dtype, pin_memory=True)
     pinned.copy_(host)
     return pinned
+
+
+def pinned_buffer(shape: tuple[int, ...], dtype: np.dtype, device: torch.device) -> tuple[torch.Tensor, np.ndarray]:
+    """An empty host tensor for a raw block that a child process sends (``read_process``), page-locked for a CUDA
+    device, and a numpy view of it to receive the bytes into: the block is uploaded from where it arrived."""
+    kind = torch.from_numpy(np.empty(0, dtype)).dtype
+    host = torch.empty(shape, dtype=kind, pin_memory=device.type == "cuda")
+    return host, host.numpy()

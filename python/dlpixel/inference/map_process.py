@@ -8,164 +8,30 @@ process: each strip crosses one pipe as raw bytes (a 384 × 8192 class strip is 
 compresses and builds the pyramid with its own interpreter lock and threads. The file it writes is byte for byte
 the file ``ClassMapWriter`` writes in this process (tests compare them).
 
-The child is a plain ``python -m dlpixel.inference.map_process`` (not ``multiprocessing``: nothing of the
-caller's ``__main__`` is imported again, and a process hosting QuPath's JVM is never forked), started once and
-kept for the next maps of the run. It ignores Ctrl-C: the caller aborts it, and the child removes its
-temporary files as ``ClassMapWriter.abort`` does. When the caller dies, the child reads the end of its pipe,
-aborts and exits. Errors in the child reach the caller at its next call, with their type (``OSError`` keeps its
-errno and message, so "disk full" reads the same as in this process).
+The child (``runtime.children``) is started once and kept for the next maps of the run. It ignores Ctrl-C: the
+caller aborts it, and the child removes its temporary files as ``ClassMapWriter.abort`` does. When the caller
+dies, the child reads the end of its pipe, aborts and exits. Errors in the child reach the caller at its next
+call, with their type (``OSError`` keeps its errno and message, so "disk full" reads the same as in this process).
 """
 
 from __future__ import annotations
 
-import atexit
-import os
-import subprocess
-import sys
-import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-PIPE_BYTES = 1 << 20
-"""Capacity asked for the strip pipe (Linux allows 1 MiB to any process): a 3 MB strip crosses in three writes
-instead of 48 of the default 64 KiB."""
-START_TIMEOUT_S = 120.0
-"""How long to wait for a new child to answer (it imports numpy, tifffile and OpenCV: about 1 s)."""
+from ..runtime.children import START_TIMEOUT_S, Child, ChildError, ChildPool, error_info
 
-_idle: list[_Child] = []
-_idle_lock = threading.Lock()
-
-
-class MapWriterError(RuntimeError):
-    """The child stopped or answered out of turn."""
-
-
-def _grow_pipe(fd: int) -> None:
-    try:
-        import fcntl
-
-        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
-    except (ImportError, OSError):
-        pass  # not Linux, or a lower system limit: the default pipe works, in more writes
-
-
-class _Child:
-    """One child process and the two pipes to it (commands and strips in, answers out)."""
-
-    def __init__(self) -> None:
-        to_child_r, to_child_w = os.pipe()
-        from_child_r, from_child_w = os.pipe()
-        _grow_pipe(to_child_w)
-        package_root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([package_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
-                                                              if p])
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dlpixel.inference.map_process", str(to_child_r), str(from_child_w)],
-                pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL, env=env, close_fds=True,
-            )
-        finally:
-            os.close(to_child_r)
-            os.close(from_child_w)
-        self.send = Connection(to_child_w, readable=False, writable=True)
-        self.recv = Connection(from_child_r, readable=True, writable=False)
-        self.ready = False
-        """Whether its first answer ("ready", sent when its imports are done) has been read."""
-
-    def ask(self, message: tuple, timeout: float | None = None) -> Any:
-        """Send ``message`` and return the child's answer (raising the error it reports)."""
-        self.send.send(message)
-        return self.answer(timeout)
-
-    def answer(self, timeout: float | None = None) -> Any:
-        if timeout is not None and not self.recv.poll(timeout):
-            raise MapWriterError(f"the map writer process did not answer within {timeout:.0f} s")
-        try:
-            kind, value = self.recv.recv()
-        except (EOFError, OSError):
-            code = self.proc.poll()
-            raise MapWriterError(f"the map writer process stopped unexpectedly (exit code {code})") from None
-        if kind == "error":
-            raise _rebuild(value)
-        return value
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> None:
-        for conn in (self.send, self.recv):
-            try:
-                conn.close()
-            except OSError:
-                pass
-        try:  # the end of its pipe makes the child abort what it holds and exit
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.terminate()  # SIGTERM: the child aborts too
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def _rebuild(info: tuple[str, int | None, str | None, str | None, str]) -> BaseException:
-    """The child's exception as the caller's: OSError with its errno, ValueError and RuntimeError as they were."""
-    name, errno, strerror, filename, message = info
-    if errno is not None:
-        return OSError(errno, strerror or message, filename) if filename else OSError(errno, strerror or message)
-    if name == "ValueError":
-        return ValueError(message)
-    return RuntimeError(message if name == "RuntimeError" else f"{name}: {message}")
-
-
-def _take_child() -> _Child:
-    with _idle_lock:
-        while _idle:
-            child = _idle.pop()
-            if child.alive():
-                break
-            child.stop()
-        else:
-            child = _Child()
-    if not child.ready:
-        try:
-            child.answer(START_TIMEOUT_S)  # "ready": its imports are done
-        except BaseException:
-            child.stop()
-            raise
-        child.ready = True
-    return child
-
-
-def _give_back(child: _Child) -> None:
-    with _idle_lock:
-        if child.alive() and not _idle:
-            _idle.append(child)
-            return
-    child.stop()
+MapWriterError = ChildError
+_pool = ChildPool("dlpixel.inference.map_process", keep=1)
 
 
 def prestart() -> None:
     """Start a child now, without waiting for it: it imports its libraries while the caller loads its model, and
     the next writer takes it."""
-    with _idle_lock:
-        if _idle:
-            return
-        _idle.append(_Child())
-
-
-@atexit.register
-def _stop_idle() -> None:
-    with _idle_lock:
-        children = list(_idle)
-        _idle.clear()
-    for child in children:
-        child.stop()
+    _pool.prestart(1)
 
 
 class MapWriterProcess:
@@ -176,7 +42,7 @@ class MapWriterProcess:
         self.width, self.height, self.channels = width, height, channels
         self._rows = 0
         self._done = False
-        self._child: _Child | None = _take_child()
+        self._child: Child | None = _pool.take()
         try:
             self._child.ask(("open", (str(self.path), width, height, channels), options))
         except BaseException:
@@ -216,12 +82,12 @@ class MapWriterProcess:
             raise
         self._rows += strip.shape[0]
 
-    def _check_open(self) -> _Child:
+    def _check_open(self) -> Child:
         if self._child is None:
             raise RuntimeError(f"{self.path}: the map writer is already closed")
         return self._child
 
-    def _fail(self, child: _Child) -> None:
+    def _fail(self, child: Child) -> None:
         """Raise the error the child reported for an earlier strip, leaving nothing behind."""
         try:
             child.answer(START_TIMEOUT_S)
@@ -263,19 +129,19 @@ class MapWriterProcess:
             child.stop()
             raise
         if kind == "ok":
-            _give_back(child)
+            _pool.give_back(child)
         else:
             child.stop()
 
     def _release_child(self) -> None:
         child, self._child = self._child, None
         if child is not None:
-            _give_back(child)
+            _pool.give_back(child)
 
     def _drop_child(self) -> None:
         child, self._child = self._child, None
         if child is not None:
-            _give_back(child) if child.alive() else child.stop()
+            _pool.give_back(child)
 
     def __enter__(self) -> MapWriterProcess:
         return self
@@ -303,21 +169,13 @@ def open_map_writer(separate_process: bool, path: str | Path, width: int, height
     return ClassMapWriter(path, width, height, channels, **options)
 
 
-def _error_info(err: BaseException) -> tuple[str, int | None, str | None, str | None, str]:
-    if isinstance(err, OSError):
-        name = err.filename if isinstance(err.filename, str) else None
-        return type(err).__name__, err.errno, err.strerror, name, str(err)
-    return type(err).__name__, None, None, None, str(err)
-
-
-def _serve(commands: Connection, answers: Connection) -> None:
+def serve(commands: Connection, answers: Connection) -> None:
     """The child's loop: one writer at a time, until the caller closes the pipe (or SIGTERM); an unfinished map is
     then aborted, its temporary files removed."""
     from .outputs_map import ClassMapWriter
 
     writer: ClassMapWriter | None = None
     failed = False
-    answers.send(("ok", "ready"))
     try:
         while True:
             try:
@@ -334,7 +192,7 @@ def _serve(commands: Connection, answers: Connection) -> None:
                     writer.add_strip(y0, np.frombuffer(data, np.uint8).reshape(shape))
                 except Exception as err:  # noqa: BLE001 - reported to the caller, once
                     failed = True
-                    answers.send(("error", _error_info(err)))
+                    answers.send(("error", error_info(err)))
                 continue
             try:
                 if kind == "open":
@@ -359,24 +217,7 @@ def _serve(commands: Connection, answers: Connection) -> None:
                 else:
                     raise MapWriterError(f"unknown command {kind!r}")
             except Exception as err:  # noqa: BLE001 - reported to the caller
-                answers.send(("error", _error_info(err)))
+                answers.send(("error", error_info(err)))
     finally:
         if writer is not None:
             writer.abort()
-
-
-def main(argv: list[str]) -> None:
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller decides: Ctrl-C there aborts the map here
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # unwinds through _serve, which aborts the map
-    commands = Connection(int(argv[0]), readable=True, writable=False)
-    answers = Connection(int(argv[1]), readable=False, writable=True)
-    try:
-        _serve(commands, answers)
-    except (BrokenPipeError, EOFError):
-        pass
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -99,10 +99,14 @@ class Predictor:
         self.on_device = on_device
         """Blend on the model's device (PyTorch): raw tiles in, uint8 class strips out. None: on a CUDA device."""
         self.keep_probabilities = True
+        """Whether strips carry probabilities (off: class maps only, nothing else leaves the device)."""
         self.writer_thread = True
         """Whether ``ahead_of_writer`` computes strips in a background thread (else in the caller's, between
         writes)."""
-        """Whether strips carry probabilities (off: class maps only, nothing else leaves the device)."""
+        self.row_readers = "auto"
+        """``InferenceConfig.row_readers``: rows read by child processes (``read_process``) or threads of this
+        one; ``rows_read_in`` says which the last ``strips`` used."""
+        self.rows_read_in = "same_process"
         self.timings: dict[str, float] = {}
         """Seconds per stage of the last ``strips`` (read: waiting for tiles; model; blend; write: the caller)."""
 
@@ -185,18 +189,25 @@ class Predictor:
         timings = self.timings = {"read": 0.0, "preprocess": 0.0, "model": 0.0, "blend": 0.0, "write": 0.0}
         state = {"buf_y": rows[0][0], "emitted": y0}
 
+        children = self._row_readers_for(source, pre, ds, t)
+        self.rows_read_in = "same_process" if children is None else "separate_processes"
         if device:
-            from .gpu import host_block
+            from .gpu import host_block, pinned_buffer
 
             dev = self.backend.dev  # type: ignore[attr-defined]
 
             def read_row(y: int, xs: list[int]) -> Any:
                 # One block of raw pixels per row, page-locked for its upload; cut into tiles on the device.
+                if children is not None:  # decoded in a child, received straight into page-locked memory
+                    return children.read(xs, y, lambda shape, dtype: pinned_buffer(shape, dtype, dev))
                 block, offsets = read_raw_block(source, pre, ds, xs, y, t)
                 return host_block(block, dev), offsets
         else:
             def read_row(y: int, xs: list[int]) -> Any:
                 # Raw pixels (uint8: a quarter of float32) wait in the queue; normalisation comes with the batch.
+                if children is not None:
+                    block, offsets = children.read(xs, y, _numpy_buffer)
+                    return [np.ascontiguousarray(block[:, c: c + t]) for c in offsets]
                 return read_raw_row(source, pre, ds, xs, y, t)
 
         def strip(until: int) -> Strip | None:
@@ -218,93 +229,117 @@ class Predictor:
                 state["buf_y"] = y
             return out
 
-        readers = self.reader_threads
-        with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="dlpixel-read") as pool:
-            futures: deque[tuple[int, Future]] = deque()
-            ahead = max(2 * self.batch_size, 4)
-            cursor, queued = 0, 0
-            ready: deque[tuple[int, int, np.ndarray]] = deque()
+        try:
+            readers = self.reader_threads
+            with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="dlpixel-read") as pool:
+                futures: deque[tuple[int, Future]] = deque()
+                ahead = max(2 * self.batch_size, 4)
+                cursor, queued = 0, 0
+                ready: deque[tuple[int, int, np.ndarray]] = deque()
 
-            def fill() -> None:
-                nonlocal cursor, queued
-                # At least one row per reader thread is in flight, so rows decode in parallel.
-                while cursor < len(plan) and (queued < ahead or len(futures) < readers):
-                    y, xs = plan[cursor]
-                    futures.append((cursor, pool.submit(read_row, y, xs)))
-                    queued += len(xs)
-                    cursor += 1
+                def fill() -> None:
+                    nonlocal cursor, queued
+                    # At least one row per reader thread is in flight, so rows decode in parallel.
+                    while cursor < len(plan) and (queued < ahead or len(futures) < readers):
+                        y, xs = plan[cursor]
+                        futures.append((cursor, pool.submit(read_row, y, xs)))
+                        queued += len(xs)
+                        cursor += 1
 
-            def take(n: int) -> list[tuple[int, int, np.ndarray]]:
-                nonlocal queued
-                t0 = time.perf_counter()
-                while len(ready) < n and (futures or cursor < len(plan)):
-                    fill()
-                    r, fut = futures.popleft()
-                    xs = plan[r][1]
-                    if device and xs:
-                        rows_tiles = blender.tiles(*fut.result())
-                        ready.extend((r, x, (rows_tiles, i)) for i, x in enumerate(xs))
-                    elif not device:
-                        ready.extend((r, x, tile) for x, tile in zip(xs, fut.result()))
-                    queued -= len(xs)
-                    fill()
-                timings["read"] += time.perf_counter() - t0
-                return [ready.popleft() for _ in range(min(n, len(ready)))]
+                def take(n: int) -> list[tuple[int, int, np.ndarray]]:
+                    nonlocal queued
+                    t0 = time.perf_counter()
+                    while len(ready) < n and (futures or cursor < len(plan)):
+                        fill()
+                        r, fut = futures.popleft()
+                        xs = plan[r][1]
+                        if device and xs:
+                            rows_tiles = blender.tiles(*fut.result())
+                            ready.extend((r, x, (rows_tiles, i)) for i, x in enumerate(xs))
+                        elif not device:
+                            ready.extend((r, x, tile) for x, tile in zip(xs, fut.result()))
+                        queued -= len(xs)
+                        fill()
+                    timings["read"] += time.perf_counter() - t0
+                    return [ready.popleft() for _ in range(min(n, len(ready)))]
 
-            fill()
-            done, next_row = 0, 0
-            pending: list[Strip] = []
-            start = time.perf_counter()
-            while True:
-                self.cancel.check()
-                blender.preprocess_seconds = 0.0
-                batch = take(self.batch_size)
-                if not batch:
-                    break
-                t0 = time.perf_counter()
-                before = blender.preprocess_seconds
-                probs = blender.run(self.backend, [tile for _, _, tile in batch])
-                t1 = time.perf_counter()
-                timings["preprocess"] += blender.preprocess_seconds
-                timings["read"] -= before  # rows made ready on the device while waiting for them
-                timings["model"] += t1 - t0 - (blender.preprocess_seconds - before)
-                # The strips finished by the previous batch go out now, while this one computes.
+                fill()
+                done, next_row = 0, 0
+                pending: list[Strip] = []
+                start = time.perf_counter()
+                while True:
+                    self.cancel.check()
+                    blender.preprocess_seconds = 0.0
+                    batch = take(self.batch_size)
+                    if not batch:
+                        break
+                    t0 = time.perf_counter()
+                    before = blender.preprocess_seconds
+                    probs = blender.run(self.backend, [tile for _, _, tile in batch])
+                    t1 = time.perf_counter()
+                    timings["preprocess"] += blender.preprocess_seconds
+                    timings["read"] -= before  # rows made ready on the device while waiting for them
+                    timings["model"] += t1 - t0 - (blender.preprocess_seconds - before)
+                    # The strips finished by the previous batch go out now, while this one computes.
+                    for out in pending:
+                        yield out
+                    pending = []
+                    t2 = time.perf_counter()
+                    timings["write"] += t2 - t1
+                    i = 0
+                    while i < len(batch):  # each row's run of tiles in the batch is blended at once
+                        r = batch[i][0]
+                        j = i + 1
+                        while j < len(batch) and batch[j][0] == r:
+                            j += 1
+                        while next_row <= r:
+                            out = start_row(next_row)
+                            if out is not None:
+                                pending.append(out)
+                            next_row += 1
+                        blender.add_tiles(probs, i, j, [x - ax0 for _, x, _ in batch[i:j]])
+                        i = j
+                    timings["blend"] += time.perf_counter() - t2
+                    done += len(batch)
+                    elapsed = time.perf_counter() - start
+                    self.emit("tiles", image=label, done=done, total=total,
+                              tiles_per_second=done / elapsed if elapsed > 0 else None)
+                while next_row < len(plan):
+                    out = start_row(next_row)
+                    if out is not None:
+                        pending.append(out)
+                    next_row += 1
+                for until in (grid.final_row_end(len(rows) - 1, rows), y1):
+                    out = strip(until)
+                    if out is not None:
+                        pending.append(out)
                 for out in pending:
+                    t1 = time.perf_counter()
                     yield out
-                pending = []
-                t2 = time.perf_counter()
-                timings["write"] += t2 - t1
-                i = 0
-                while i < len(batch):  # each row's run of tiles in the batch is blended at once
-                    r = batch[i][0]
-                    j = i + 1
-                    while j < len(batch) and batch[j][0] == r:
-                        j += 1
-                    while next_row <= r:
-                        out = start_row(next_row)
-                        if out is not None:
-                            pending.append(out)
-                        next_row += 1
-                    blender.add_tiles(probs, i, j, [x - ax0 for _, x, _ in batch[i:j]])
-                    i = j
-                timings["blend"] += time.perf_counter() - t2
-                done += len(batch)
-                elapsed = time.perf_counter() - start
-                self.emit("tiles", image=label, done=done, total=total,
-                          tiles_per_second=done / elapsed if elapsed > 0 else None)
-            while next_row < len(plan):
-                out = start_row(next_row)
-                if out is not None:
-                    pending.append(out)
-                next_row += 1
-            for until in (grid.final_row_end(len(rows) - 1, rows), y1):
-                out = strip(until)
-                if out is not None:
-                    pending.append(out)
-            for out in pending:
-                t1 = time.perf_counter()
-                yield out
-                timings["write"] += time.perf_counter() - t1
+                    timings["write"] += time.perf_counter() - t1
+        finally:
+            if children is not None:
+                children.close()
+
+    def _row_readers_for(self, source: ImageSource, pre: Any, downsample: float, tile: int) -> Any:
+        """``read_process.RowReaders`` for this image where ``row_readers`` asks for them (``auto``: on the device
+        path on a CUDA GPU) and a child can open the image; None for threads of this process."""
+        mode = self.row_readers
+        if mode == "same_process" or (mode == "auto" and not (
+                self.uses_device() and getattr(self.backend, "device", "cpu") == "cuda")):
+            return None
+        from .read_process import RowReaders, readable_in_children
+
+        if not readable_in_children(source):
+            return None
+        from ..runtime.children import ChildError
+
+        try:
+            return RowReaders(source, pre, downsample, tile, self.reader_threads)
+        except ChildError as err:
+            self.emit.log(f"{err}; reading rows in this process instead", level="warning")
+            self.row_readers = "same_process"
+            return None
 
     def _device_blender(self, width: int, pre: Any, stats: ChannelStats) -> Any:
         from .gpu import DeviceBlender, TorchNormalizer
@@ -313,6 +348,11 @@ class Predictor:
         blender = DeviceBlender(self.n_classes, self.tile, width, self.window, backend.dev, self.keep_probabilities)
         blender.normalize = TorchNormalizer(pre, stats, pre.n_inputs, backend.dev)
         return blender
+
+
+def _numpy_buffer(shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    out = np.empty(shape, dtype)
+    return out, out
 
 
 def _same_thread(strips: Iterable[Strip]) -> Generator[Strip, None, None]:

@@ -159,16 +159,14 @@ def apply_classifier(
     for folder in dict.fromkeys(output_folder(project, im, classifier, cfg.output) for im in images):
         if folder is not None:
             check_output_folder(folder, project.root if folder.is_relative_to(project.root) else None)
-    if cfg.output in MAP_OUTPUTS and _map_writer_may_be_separate(cfg):
-        from .map_process import prestart
-
-        prestart()  # the writer's process starts while the model loads
+    _prestart_children(cfg)  # child processes start while the model loads
     backend = load_backend(entry.path, meta, cfg.backend, cfg.device, cfg.precision, cfg.cuda_graphs)
     precision = getattr(backend, "precision", "fp32")
     emit("stage", stage="inference", message=f"applying '{classifier}' with {backend.name} on {backend.device} "
          f"({precision})", backend=backend.name, device=backend.device, precision=precision)
     predictor = Predictor(backend, meta, cfg.tile_size, cfg.overlap, cfg.batch_size, cfg.reader_threads, emit, cancel)
     predictor.keep_probabilities = cfg.output == "probabilities" or refines(meta, cfg)
+    predictor.row_readers = cfg.row_readers
     written: list[Path] = []
     for image in images:
         source = image.open()
@@ -184,13 +182,26 @@ def apply_classifier(
     return written
 
 
-def _map_writer_may_be_separate(cfg: InferenceConfig) -> bool:
-    """Whether maps may be written by a separate process (``map_writer``), known before the model is loaded."""
+def _prestart_children(cfg: InferenceConfig) -> None:
+    """Start the child processes that ``row_readers`` and ``map_writer`` may use, before the model is loaded (what
+    ``auto`` gives is known only then: on a CPU the children then stay idle until the run ends)."""
+    import os
+
     from ..runtime.device import surely_cpu
 
-    if cfg.map_writer == "auto":
-        return cfg.device in ("auto", "cuda") and not surely_cpu()
-    return cfg.map_writer == "separate_process"
+    gpu_likely = cfg.device in ("auto", "cuda") and not surely_cpu()
+    if cfg.row_readers == "separate_processes" or (cfg.row_readers == "auto" and gpu_likely):
+        from .predictor import AUTO_READERS_CPU, AUTO_READERS_GPU
+        from .read_process import prestart
+
+        n = cfg.reader_threads if cfg.reader_threads != "auto" else max(
+            AUTO_READERS_CPU, min(AUTO_READERS_GPU, (os.cpu_count() or 1) // 2))
+        prestart(int(n))
+    if cfg.output in MAP_OUTPUTS and (cfg.map_writer == "separate_process" or (cfg.map_writer == "auto"
+                                                                                and gpu_likely)):
+        from .map_process import prestart as prestart_writer
+
+        prestart_writer()
 
 
 def separate_map_writer(cfg: InferenceConfig, predictor: Predictor) -> bool:

@@ -1,0 +1,154 @@
+"""Rows of tiles read by child processes (``inference.read_process``): the same blocks and offsets as
+``read_raw_block`` in this process for every kind of file (8- and 16-bit, resampled, big-endian float, PNG), the
+same class maps through the ``Predictor`` on both paths, the child's errors with their type, a child that dies
+reported without a hang, and images a child cannot open read in this process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from dlpixel.config import NormalizationConfig
+from dlpixel.data.images import FileImageSource, write_ome_tiff
+from dlpixel.data.preprocessing import Preprocessing, stats_for
+from dlpixel.errors import DataError
+from dlpixel.inference.backends import TorchBackend
+from dlpixel.inference.gpu import pinned_buffer
+from dlpixel.inference.predictor import Predictor
+from dlpixel.inference.read_process import RowReaders, readable_in_children
+from dlpixel.inference.reading import read_raw_block
+from dlpixel.runtime.children import ChildError
+from dlpixel.runtime.tiling import Grid
+from PIL import Image
+
+CPU = torch.device("cpu")
+
+
+def _numpy(shape, dtype):
+    out = np.empty(shape, dtype)
+    return out, out
+
+
+def _image(tmp_path: Path, kind: str) -> tuple[Path, list[int]]:
+    rng = np.random.default_rng(3)
+    if kind == "rgb-pyramid":
+        return write_ome_tiff(tmp_path / "rgb.ome.tif", rng.integers(0, 255, (700, 900, 3), dtype=np.uint8),
+                              tile=128), [0, 1, 2]
+    if kind == "uint16-strips":
+        path = tmp_path / "u16.tif"
+        tifffile.imwrite(path, rng.integers(0, 65535, (300, 410), dtype=np.uint16), rowsperstrip=37,
+                         compression="zlib")
+        return path, [0]
+    if kind == "big-endian-float":
+        path = tmp_path / "f.tif"
+        tifffile.imwrite(path, rng.random((200, 330, 2)).astype(">f4"), tile=(64, 64), planarconfig="contig",
+                         byteorder=">")
+        return path, [1, 0]
+    path = tmp_path / "flat.png"
+    Image.fromarray(rng.integers(0, 255, (150, 260, 3), dtype=np.uint8)).save(path)
+    return path, [2, 0]
+
+
+@pytest.mark.parametrize("kind", ["rgb-pyramid", "uint16-strips", "big-endian-float", "png"])
+@pytest.mark.parametrize("downsample", [1.0, 1.4])
+def test_blocks_read_by_children_equal_blocks_read_here(tmp_path: Path, kind: str, downsample: float) -> None:
+    path, channels = _image(tmp_path, kind)
+    pre = Preprocessing(channels=channels, channel_names=[f"c{c}" for c in channels],
+                        normalization=NormalizationConfig())
+    tile = 64
+    with FileImageSource(path) as src:
+        assert readable_in_children(src)
+        grid = Grid(int(np.ceil(src.width / downsample)), int(np.ceil(src.height / downsample)), tile, 16)
+        rows = grid.rows(0, grid.height, 0, grid.width)
+        requests = [(y, xs) for y, xs in rows] + [(rows[1][0], rows[1][1][::3]), (rows[-1][0], rows[-1][1][-1:])]
+        readers = RowReaders(src, pre, downsample, tile, 2)
+        try:
+            for y, xs in requests:
+                want, want_offsets = read_raw_block(src, pre, downsample, xs, y, tile)
+                got, offsets = readers.read(xs, y, _numpy)
+                assert offsets == list(want_offsets)
+                assert got.dtype == want.dtype.newbyteorder("=") and np.array_equal(got, want), (y, xs)
+                host, _ = readers.read(xs, y, lambda shape, dtype: pinned_buffer(shape, dtype, CPU))
+                assert torch.equal(host, torch.from_numpy(np.ascontiguousarray(want, want.dtype.newbyteorder("="))))
+        finally:
+            readers.close()
+
+
+class _Pointwise(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_the_predictor_gives_the_same_map_with_rows_read_by_children(tmp_path: Path, on_device: bool) -> None:
+    from dlpixel.classifiers.metadata import ClassifierMetadata, ClassInfo
+
+    path, channels = _image(tmp_path, "rgb-pyramid")
+    names = ["Red", "Green", "Blue"]
+    meta = ClassifierMetadata(
+        name="p", input_channels=names, tile_size=64, downsample=1.0,
+        classes=[ClassInfo(index=i, name=f"k{i}", color=(9, 9, 9 * i)) for i in range(3)],
+        preprocessing=Preprocessing(channels=channels, channel_names=names, normalization=NormalizationConfig()))
+    backend = TorchBackend(_Pointwise(), "cpu", "fp32")
+    maps = {}
+    for mode in ("same_process", "separate_processes"):
+        with FileImageSource(path) as src:
+            predictor = Predictor(backend, meta, 64, 16, batch_size=7, reader_threads=3, on_device=on_device)
+            predictor.row_readers = mode
+            strips = list(predictor.strips(src, stats_for(src, meta.preprocessing), (20, 30, 800, 650)))
+            assert predictor.rows_read_in == mode
+            maps[mode] = np.concatenate([s.classes() for s in strips])
+    assert len(np.unique(maps["same_process"])) >= 2
+    assert np.array_equal(maps["same_process"], maps["separate_processes"])
+
+
+def test_a_childs_error_reaches_the_caller_with_its_type_and_the_child_reads_on(tmp_path: Path) -> None:
+    truth = np.ones((128, 128, 1), np.float32)
+    truth[70, 5] = np.nan
+    path = write_ome_tiff(tmp_path / "nan.ome.tif", truth, tile=64, pyramid=False)
+    pre = Preprocessing(channels=[0], channel_names=["c0"], normalization=NormalizationConfig())
+    with FileImageSource(path) as src:
+        readers = RowReaders(src, pre, 1.0, 64, 1)
+        try:
+            with pytest.raises(DataError, match="NaN or infinite pixel values"):
+                readers.read([0, 48], 48, _numpy)
+            block, offsets = readers.read([0, 48], 0, _numpy)  # the same child, still serving
+            assert offsets == [0, 48] and (block == 1).all()
+        finally:
+            readers.close()
+
+
+def test_a_child_that_dies_is_reported_and_not_reused(tmp_path: Path) -> None:
+    path, channels = _image(tmp_path, "rgb-pyramid")
+    pre = Preprocessing(channels=channels, channel_names=["a", "b", "c"], normalization=NormalizationConfig())
+    with FileImageSource(path) as src:
+        readers = RowReaders(src, pre, 1.0, 64, 1)
+        child = readers._all[0]
+        child.proc.kill()
+        child.proc.wait()
+        with pytest.raises(ChildError, match="stopped unexpectedly"):
+            readers.read([0, 48], 0, _numpy)
+        assert readers._all == []
+        readers.close()
+
+
+def test_images_a_child_cannot_open_are_read_in_this_process(tmp_path: Path) -> None:
+    from dlpixel.data.base import at_plane  # noqa: F401 - views of a file stay files
+
+    path, _ = _image(tmp_path, "rgb-pyramid")
+
+    class Served(FileImageSource):
+        """Stands for an image only this process can read (QuPath's servers)."""
+
+    with Served(path) as src:
+        assert not readable_in_children(src)
+    with FileImageSource(path) as src:
+        assert readable_in_children(src) and readable_in_children(src.at_plane(0, 0))
