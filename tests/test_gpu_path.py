@@ -155,7 +155,7 @@ def _run(meta, folder, backend, on_device, batch, window=None, keep=None, probab
     p = Predictor(backend, meta, 64, 16, batch_size=batch, on_device=on_device)
     p.keep_probabilities = probabilities
     strips = list(p.strips(src, stats_for(src, meta.preprocessing), window, keep))
-    assert set(p.timings) == {"read", "preprocess", "model", "blend", "write"}
+    assert set(p.timings) == {"stats", "read", "preprocess", "model", "blend", "write"}
     return strips
 
 

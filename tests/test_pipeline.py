@@ -145,3 +145,23 @@ def test_device_path_strips_computed_beside_the_writer_equal_those_computed_in_i
     ahead.close()
     assert sys.getswitchinterval() == before
     assert not [t for t in threading.enumerate() if t.name.startswith("dlpixel-apply")]
+
+
+def test_work_in_background_hands_on_its_result_or_its_error() -> None:
+    from dlpixel.errors import DataError
+    from dlpixel.runtime.pipeline import in_background, resolved
+
+    started = threading.Event()
+
+    def slow(x: int) -> int:
+        started.set()
+        return x * 2
+
+    future = in_background(slow, 21)
+    assert started.wait(10) and resolved(future) == 42 and resolved(7) == 7
+
+    def bad() -> None:
+        raise DataError("image 'x' has no pixels")
+
+    with pytest.raises(DataError, match="no pixels"):
+        resolved(in_background(bad))

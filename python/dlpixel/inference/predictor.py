@@ -24,6 +24,7 @@ from ..data.geometry import Frame
 from ..data.preprocessing import ChannelStats
 from ..errors import ConfigError
 from ..runtime.events import CancelToken, Emitter
+from ..runtime.pipeline import resolved
 from ..runtime.tiling import Grid, blend_window
 from .backends import Backend
 from .reading import normalize_raw, read_raw_block, read_raw_row
@@ -108,7 +109,8 @@ class Predictor:
         one; ``rows_read_in`` says which the last ``strips`` used."""
         self.rows_read_in = "same_process"
         self.timings: dict[str, float] = {}
-        """Seconds per stage of the last ``strips`` (read: waiting for tiles; model; blend; write: the caller)."""
+        """Seconds per stage of the last ``strips`` (stats: waiting for the image's statistics; read: waiting for
+        tiles; model; blend; write: the caller)."""
 
     @property
     def reader_threads(self) -> int:
@@ -155,13 +157,14 @@ class Predictor:
     def strips(
         self,
         source: ImageSource,
-        stats: ChannelStats,
+        stats: ChannelStats | Future[ChannelStats],
         window: tuple[int, int, int, int] | None = None,
         tile_filter: TileFilter | None = None,
         label: str = "",
     ) -> Iterator[Strip]:
         """Blended strips covering ``window`` (x0, y0, x1, y1 at the classifier's resolution; default the whole
-        image), top to bottom. Only tiles that touch the window (and pass ``tile_filter``) are computed.
+        image), top to bottom. Only tiles that touch the window (and pass ``tile_filter``) are computed. ``stats``
+        may be a future (``runtime.pipeline.in_background``): the first rows are read while it is computed.
 
         Rows of tiles are read as strips by background threads ahead of the model; batches span rows. On the host
         path the tiles of a batch are normalised and blended in numpy (``reading.read_raw_row``); on the device path
@@ -184,9 +187,9 @@ class Predictor:
         ds = self.meta.downsample
         pre = self.meta.preprocessing
         device = self.uses_device()
-        blender: Any = (self._device_blender(ax1 - ax0, pre, stats) if device
-                        else _HostBlender(self.n_classes, t, ax1 - ax0, self.window, pre, stats))
-        timings = self.timings = {"read": 0.0, "preprocess": 0.0, "model": 0.0, "blend": 0.0, "write": 0.0}
+        blender: Any = None  # made once the first rows are being read, with the image's statistics
+        timings = self.timings = {"stats": 0.0, "read": 0.0, "preprocess": 0.0, "model": 0.0, "blend": 0.0,
+                                  "write": 0.0}
         state = {"buf_y": rows[0][0], "emitted": y0}
 
         children = self._row_readers_for(source, pre, ds, t)
@@ -264,6 +267,11 @@ class Predictor:
                     return [ready.popleft() for _ in range(min(n, len(ready)))]
 
                 fill()
+                t0 = time.perf_counter()
+                stats = resolved(stats)  # computed meanwhile where the caller started it in the background
+                timings["stats"] = time.perf_counter() - t0
+                blender = (self._device_blender(ax1 - ax0, pre, stats) if device
+                           else _HostBlender(self.n_classes, t, ax1 - ax0, self.window, pre, stats))
                 done, next_row = 0, 0
                 pending: list[Strip] = []
                 start = time.perf_counter()

@@ -54,9 +54,11 @@ class RowReaders:
         key = next(_keys)
         try:
             for _ in range(n):
-                child = _pool.take()
-                self._all.append(child)
-                child.ask(("open", key, source, pre, downsample, tile), timeout=START_TIMEOUT_S)
+                self._all.append(_pool.take())
+            for child in self._all:  # every child opens the file at once
+                child.send.send(("open", key, source, pre, downsample, tile))
+            for child in self._all:
+                child.answer(START_TIMEOUT_S)
                 self._free.put(child)
         except BaseException:
             self.close()

@@ -17,6 +17,7 @@ few pixels wide along class boundaries. The gradient of each band is computed fr
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ import numpy as np
 from ..data.base import ImageSource
 from ..data.geometry import read_pixels
 from ..data.preprocessing import ChannelStats, Preprocessing, normalize
+from ..runtime.pipeline import resolved
 from .predictor import Strip
 
 MARKER_CONFIDENCE = 0.95
@@ -94,11 +96,13 @@ class _ImageRows:
         return gradient_magnitude(image, self.sigma)[y0 - r0: y1 - r0]
 
 
-def watershed_strips(strips: Iterable[Any], source: ImageSource, pre: Preprocessing, stats: ChannelStats,
+def watershed_strips(strips: Iterable[Any], source: ImageSource, pre: Preprocessing,
+                     stats: ChannelStats | Future[ChannelStats],
                      downsample: float, height: int, band: int = BAND_ROWS, margin: int = MARGIN_ROWS,
                      confidence: float = MARKER_CONFIDENCE, sigma: float = GRADIENT_SIGMA) -> Iterator[Strip]:
     """Refined strips of probabilities from ``Predictor.strips`` (consecutive rows of the same columns; ``height``:
-    the map's height), in order. ``pre``/``stats``: the classifier's preprocessing with this image's channels."""
+    the map's height), in order. ``pre``/``stats``: the classifier's preprocessing with this image's channels (the
+    statistics may be a future, waited for at the first strip)."""
     image: _ImageRows | None = None
     buf_y = 0                      # map row of the buffer's first row
     probs: np.ndarray | None = None  # (K, rows, width)
@@ -125,7 +129,7 @@ def watershed_strips(strips: Iterable[Any], source: ImageSource, pre: Preprocess
         if probs is None:
             buf_y = emitted = s.y
             probs, computed = planes.copy(), done.copy()
-            image = _ImageRows(source, pre, stats, downsample, height, 0, planes.shape[2], sigma)
+            image = _ImageRows(source, pre, resolved(stats), downsample, height, 0, planes.shape[2], sigma)
         else:
             probs = np.concatenate([probs, planes], 1)
             computed = np.concatenate([computed, done], 0)

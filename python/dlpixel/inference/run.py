@@ -19,6 +19,7 @@ from ..data.base import ImageSource, LabelShape, Plane, Project, ProjectImage, a
 from ..data.preprocessing import Preprocessing, resolve_channels, stats_for
 from ..errors import ConfigError, DataError
 from ..runtime.events import CancelToken, Emitter, Listener
+from ..runtime.pipeline import in_background
 from .backends import load_backend
 from .predictor import Predictor
 
@@ -239,8 +240,9 @@ def _apply_image(
         results: Any = {} if cfg.output == "measurements" else []
         for plane in planes:
             view = at_plane(source, plane, image.name)
-            sink = _predict_plane(project, image, view, classifier, meta, cfg, predictor, stats_for(view, pre),
-                                  [s for s in shapes or [] if s.plane == plane], plane)
+            sink = _predict_plane(project, image, view, classifier, meta, cfg, predictor,
+                                  in_background(stats_for, view, pre), [s for s in shapes or [] if s.plane == plane],
+                                  plane)
             if cfg.output == "measurements":
                 results.update(sink.result())
             else:
@@ -250,8 +252,8 @@ def _apply_image(
         return list(image.write_results(classifier, objects=results,  # type: ignore[attr-defined]
                                         object_type=cfg.object_type))
     view = at_plane(source, planes[0], image.name)
-    sink = _predict_plane(project, image, view, classifier, meta, cfg, predictor, stats_for(view, pre), shapes,
-                          planes[0])
+    sink = _predict_plane(project, image, view, classifier, meta, cfg, predictor, in_background(stats_for, view, pre),
+                          shapes, planes[0])
     if cfg.output == "measurements":
         return list(image.write_results(classifier, measurements=sink.result()))  # type: ignore[attr-defined]
     if cfg.output == "objects":

@@ -13,7 +13,8 @@ import contextlib
 import queue
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -101,3 +102,24 @@ def run_ahead(items: Iterable[T], depth: int = 2, name: str = "dlpixel-ahead") -
     finally:
         stop.set()
         worker.join()
+
+
+def in_background(fn: Callable[..., T], *args: Any) -> Future[T]:
+    """``fn(*args)`` computed in a thread of its own; its result (or exception) in the future."""
+    future: Future[T] = Future()
+
+    def work() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn(*args))
+        except BaseException as err:  # noqa: BLE001 - handed to whoever asks for the result
+            future.set_exception(err)
+
+    threading.Thread(target=work, name=f"dlpixel-{getattr(fn, '__name__', 'work')}", daemon=True).start()
+    return future
+
+
+def resolved(value: T | Future[T]) -> T:
+    """``value``, or the result of the future it is (waiting for it)."""
+    return value.result() if isinstance(value, Future) else value
