@@ -14,15 +14,16 @@
 #   1. the machine: GPU, driver, CPU cores, torch and CUDA versions
 #   2. an 8192 x 8192 RGB pyramidal OME-TIFF (zlib tiles of 256 px)
 #   3. dlpixel bench inference on it: apply end to end vs the model alone on device-resident tensors, bf16,
-#      U-Net resnet34 at 512 px (batch 32) and efficientnet-lite0 at 256 px (batch 64), 8 and 2 reader threads,
-#      then without the writer thread and without CUDA graphs; per-stage seconds and peak GPU memory
-#      (target: pipeline_efficiency >= 0.6)
+#      U-Net resnet34 at 512 px (batch 32) and efficientnet-lite0 at 256 px (batch 64), 8 and 2 readers (child
+#      processes, the default on CUDA), then with rows read by threads, with the map written in this process,
+#      both, and without CUDA graphs; per-stage seconds and peak GPU memory (target: pipeline_efficiency >= 0.6)
 #   4. dlpixel bench train: trainer.fit (320 training + 64 validation tiles per epoch, 10 epochs, validation
 #      included) vs the training step alone, resnet34 512 px, bf16: the defaults (tiles resident on the GPU), and
 #      torch.compile
 #      with WITH_COMPILE=1 (target: loop_efficiency >= 0.8)
-#   (ABLATIONS=0 leaves out the runs without the writer thread and without CUDA graphs; the fp32 apply run with
-#   WITH_FP32=1; TESTS names the test files of step 5, default all)
+#   (ABLATIONS=0 leaves out the runs with parts in this process and without CUDA graphs; the fp32 apply run with
+#   WITH_FP32=1; benchmarks/gil_pressure.py with 8 readers with WITH_GIL=1; TESTS names the test files of step 5,
+#   default all)
 #   5. the test suite on CUDA (tests that need a QuPath JVM skip themselves where there is none)
 set -uo pipefail
 
@@ -74,7 +75,10 @@ else
   export PYTHONPATH=$PWD/python
 fi
 
-say "# dlpixel GPU figures, $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+# The device's copy of the tree may carry a stale .git: write the commit into benchmarks/.commit (ignored by git:
+# name it in the device call's carry, beside .whl) before the run.
+COMMIT=$(cat benchmarks/.commit 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo '?')
+say "# dlpixel GPU figures, $(date -u +%Y-%m-%dT%H:%MZ), commit $COMMIT"
 say "## machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$FIG"
 say "cpu cores: $(nproc)"
@@ -113,14 +117,22 @@ bench "U-Net resnet34 $BIG px, batch $BBATCH, 2 reader threads (the default)" in
 bench "U-Net efficientnet-lite0 $SMALL px, batch $SBATCH, 2 reader threads (the default)" inference $COMMON $SMALLM \
   --reader-threads 2
 if [ "${ABLATIONS:-1}" = 1 ]; then
-bench "U-Net resnet34 $BIG px, 8 reader threads, writer between batches" inference $COMMON $BIGM --reader-threads 8 \
-  --inline-writer
-bench "U-Net efficientnet-lite0 $SMALL px, 8 reader threads, writer between batches" inference $COMMON $SMALLM \
-  --reader-threads 8 --inline-writer
-bench "U-Net resnet34 $BIG px, 8 reader threads, no CUDA graphs" inference $COMMON $BIGM --reader-threads 8 \
-  --no-cuda-graphs
-bench "U-Net efficientnet-lite0 $SMALL px, 8 reader threads, no CUDA graphs" inference $COMMON $SMALLM \
+bench "U-Net resnet34 $BIG px, 8 readers, rows read by threads of this process" inference $COMMON $BIGM \
+  --reader-threads 8 --row-readers same_process
+bench "U-Net efficientnet-lite0 $SMALL px, 8 readers, rows read by threads of this process" inference $COMMON \
+  $SMALLM --reader-threads 8 --row-readers same_process
+bench "U-Net resnet34 $BIG px, 8 readers, map written in this process" inference $COMMON $BIGM --reader-threads 8 \
+  --map-writer same_process
+bench "U-Net efficientnet-lite0 $SMALL px, 8 readers, map written in this process" inference $COMMON $SMALLM \
+  --reader-threads 8 --map-writer same_process
+bench "U-Net resnet34 $BIG px, 8 readers, reads and map in this process (as run d)" inference $COMMON $BIGM \
+  --reader-threads 8 --row-readers same_process --map-writer same_process
+bench "U-Net efficientnet-lite0 $SMALL px, 8 readers, no CUDA graphs" inference $COMMON $SMALLM \
   --reader-threads 8 --no-cuda-graphs
+fi
+if [ "${WITH_GIL:-0}" = 1 ]; then
+  say "### what reads and the map writer leave of a launching thread's calls (CPU only, 8 readers)"
+  timeout 120 $PY benchmarks/gil_pressure.py --readers 8 --json 2>&1 | tee -a "$FIG"
 fi
 if [ "${WITH_FP32:-0}" = 1 ]; then
   bench "U-Net resnet34 $BIG px, batch $BBATCH, fp32 (the precision setting)" inference --image "$IMG" \

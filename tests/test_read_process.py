@@ -152,3 +152,29 @@ def test_images_a_child_cannot_open_are_read_in_this_process(tmp_path: Path) -> 
         assert not readable_in_children(src)
     with FileImageSource(path) as src:
         assert readable_in_children(src) and readable_in_children(src.at_plane(0, 0))
+
+
+def test_without_children_rows_are_read_in_this_process_with_a_warning(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from dlpixel.classifiers.metadata import ClassifierMetadata, ClassInfo
+    from dlpixel.inference import read_process
+    from dlpixel.runtime import children
+    from dlpixel.runtime.events import Emitter
+
+    path, channels = _image(tmp_path, "rgb-pyramid")
+    names = ["Red", "Green", "Blue"]
+    meta = ClassifierMetadata(
+        name="p", input_channels=names, tile_size=64, downsample=1.0,
+        classes=[ClassInfo(index=i, name=f"k{i}", color=(9, 9, 9 * i)) for i in range(3)],
+        preprocessing=Preprocessing(channels=channels, channel_names=names, normalization=NormalizationConfig()))
+    events: list[dict] = []
+    read_process._pool.stop_idle()
+    monkeypatch.setattr(children.sys, "executable", "/bin/false")
+    with FileImageSource(path) as src:
+        predictor = Predictor(TorchBackend(_Pointwise(), "cpu", "fp32"), meta, 64, 16, batch_size=4,
+                              emit=Emitter([events.append]))
+        predictor.row_readers = "separate_processes"
+        strips = list(predictor.strips(src, stats_for(src, meta.preprocessing), (0, 0, 300, 200)))
+    assert predictor.rows_read_in == "same_process" and predictor.row_readers == "same_process"
+    assert sum(s.classes().shape[0] for s in strips) == 200
+    assert any("reading rows in this process instead" in str(e.get("message", "")) for e in events)

@@ -52,6 +52,7 @@ class RowReaders:
         self._free: queue.SimpleQueue[Child] = queue.SimpleQueue()
         self._all: list[Child] = []
         key = next(_keys)
+        _pool.keep = max(_pool.keep, n)  # kept for the next image
         try:
             for _ in range(n):
                 self._all.append(_pool.take())

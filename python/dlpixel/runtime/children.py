@@ -148,7 +148,7 @@ class ChildPool:
         if child is None:
             try:
                 child = Child(self.module)
-            except OSError as err:
+            except (OSError, ValueError) as err:  # ValueError: no pass_fds (Windows)
                 raise ChildError(f"cannot start a {self.module} process ({err})") from None
         if not child.ready:
             try:
@@ -174,8 +174,8 @@ class ChildPool:
             while len(self._idle) < n:
                 try:
                     self._idle.append(Child(self.module))
-                except OSError:
-                    return
+                except (OSError, ValueError):
+                    return  # ``take`` reports it
 
     def stop_idle(self) -> None:
         with self._lock:
