@@ -77,6 +77,16 @@ def test_blocks_read_by_children_equal_blocks_read_here(tmp_path: Path, kind: st
             readers.close()
 
 
+def _meta(channels: list[int]):
+    from dlpixel.classifiers.metadata import ClassifierMetadata, ClassInfo
+
+    names = ["Red", "Green", "Blue"]
+    return ClassifierMetadata(
+        name="p", input_channels=names, tile_size=64, downsample=1.0,
+        classes=[ClassInfo(index=i, name=f"k{i}", color=(9, 9, 9 * i)) for i in range(3)],
+        preprocessing=Preprocessing(channels=channels, channel_names=names, normalization=NormalizationConfig()))
+
+
 class _Pointwise(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -89,14 +99,8 @@ class _Pointwise(torch.nn.Module):
 
 @pytest.mark.parametrize("on_device", [False, True])
 def test_the_predictor_gives_the_same_map_with_rows_read_by_children(tmp_path: Path, on_device: bool) -> None:
-    from dlpixel.classifiers.metadata import ClassifierMetadata, ClassInfo
-
     path, channels = _image(tmp_path, "rgb-pyramid")
-    names = ["Red", "Green", "Blue"]
-    meta = ClassifierMetadata(
-        name="p", input_channels=names, tile_size=64, downsample=1.0,
-        classes=[ClassInfo(index=i, name=f"k{i}", color=(9, 9, 9 * i)) for i in range(3)],
-        preprocessing=Preprocessing(channels=channels, channel_names=names, normalization=NormalizationConfig()))
+    meta = _meta(channels)
     backend = TorchBackend(_Pointwise(), "cpu", "fp32")
     maps = {}
     for mode in ("same_process", "separate_processes"):
@@ -156,17 +160,12 @@ def test_images_a_child_cannot_open_are_read_in_this_process(tmp_path: Path) -> 
 
 def test_without_children_rows_are_read_in_this_process_with_a_warning(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from dlpixel.classifiers.metadata import ClassifierMetadata, ClassInfo
     from dlpixel.inference import read_process
     from dlpixel.runtime import children
     from dlpixel.runtime.events import Emitter
 
     path, channels = _image(tmp_path, "rgb-pyramid")
-    names = ["Red", "Green", "Blue"]
-    meta = ClassifierMetadata(
-        name="p", input_channels=names, tile_size=64, downsample=1.0,
-        classes=[ClassInfo(index=i, name=f"k{i}", color=(9, 9, 9 * i)) for i in range(3)],
-        preprocessing=Preprocessing(channels=channels, channel_names=names, normalization=NormalizationConfig()))
+    meta = _meta(channels)
     events: list[dict] = []
     read_process._pool.stop_idle()
     monkeypatch.setattr(children.sys, "executable", "/bin/false")

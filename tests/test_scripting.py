@@ -95,7 +95,7 @@ def apply_changed() -> InferenceConfig:
     return InferenceConfig(
         output="objects", scope="image", tile_size=256, overlap=64, batch_size=2, device="cpu", backend="onnx",
         reader_threads=3, object_type="annotation", min_object_area=12.5, min_hole_area=3.25, simplify=0.5,
-        refine="none", precision="fp16", cuda_graphs=False,
+        refine="none", precision="fp16", cuda_graphs=False, row_readers="same_process", map_writer="same_process",
     )
 
 

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ..runtime.children import START_TIMEOUT_S, Child, ChildError, ChildPool, error_info
+from ..runtime.children import START_TIMEOUT_S, Child, ChildError, ChildPool, error_info, incoming
+from .outputs_map import ClassMapWriter, ClosedOnExit, checked_strip
 
 MapWriterError = ChildError
 _pool = ChildPool("dlpixel.inference.map_process", keep=1)
@@ -34,7 +35,7 @@ def prestart() -> None:
     _pool.prestart(1)
 
 
-class MapWriterProcess:
+class MapWriterProcess(ClosedOnExit):
     """``ClassMapWriter`` (same arguments, same calls, same file) run by a child process."""
 
     def __init__(self, path: str | Path, width: int, height: int, channels: int, **options: Any) -> None:
@@ -46,7 +47,7 @@ class MapWriterProcess:
         try:
             self._child.ask(("open", (str(self.path), width, height, channels), options))
         except BaseException:
-            self._drop_child()
+            self._release_child()
             raise
 
     @property
@@ -57,18 +58,7 @@ class MapWriterProcess:
     def add_strip(self, y0: int, strip: np.ndarray) -> None:
         """As ``ClassMapWriter.add_strip``; the strip is copied into the pipe and written by the child meanwhile."""
         child = self._check_open()
-        strip = np.asarray(strip)
-        if strip.ndim == 2:
-            strip = strip[:, :, None]
-        if strip.ndim != 3 or strip.shape[1:] != (self.width, self.channels) or strip.dtype != np.uint8:
-            raise ValueError(
-                f"{self.path}: expected uint8 strips of shape (rows, {self.width}, {self.channels}), "
-                f"got {strip.dtype} {strip.shape}"
-            )
-        if y0 != self._rows:
-            raise ValueError(f"{self.path}: strip starts at row {y0}, expected row {self._rows}")
-        if y0 + strip.shape[0] > self.height:
-            raise ValueError(f"{self.path}: strip rows {y0}..{y0 + strip.shape[0]} run past the map's {self.height}")
+        strip = checked_strip(self, y0, strip)
         if child.recv.poll():  # the child failed on an earlier strip
             self._fail(child)
         try:
@@ -138,27 +128,12 @@ class MapWriterProcess:
         if child is not None:
             _pool.give_back(child)
 
-    def _drop_child(self) -> None:
-        child, self._child = self._child, None
-        if child is not None:
-            _pool.give_back(child)
-
-    def __enter__(self) -> MapWriterProcess:
-        return self
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def open_map_writer(separate_process: bool, path: str | Path, width: int, height: int, channels: int,
                     **options: Any) -> Any:
     """A ``MapWriterProcess`` when ``separate_process`` (``ClassMapWriter`` in this process where the child
     cannot start, with a warning), else a ``ClassMapWriter``."""
-    from .outputs_map import ClassMapWriter
-
     if separate_process:
         try:
             return MapWriterProcess(path, width, height, channels, **options)
@@ -172,16 +147,10 @@ def open_map_writer(separate_process: bool, path: str | Path, width: int, height
 def serve(commands: Connection, answers: Connection) -> None:
     """The child's loop: one writer at a time, until the caller closes the pipe (or SIGTERM); an unfinished map is
     then aborted, its temporary files removed."""
-    from .outputs_map import ClassMapWriter
-
     writer: ClassMapWriter | None = None
     failed = False
     try:
-        while True:
-            try:
-                message = commands.recv()
-            except (EOFError, OSError):
-                break
+        for message in incoming(commands):
             kind = message[0]
             if kind == "strip":
                 data = commands.recv_bytes()

@@ -129,6 +129,22 @@ def _in_column_chunks(reduce: Any, rows: np.ndarray) -> np.ndarray:
     return out
 
 
+def checked_strip(writer: Any, y0: int, strip: np.ndarray) -> np.ndarray:
+    """``strip`` as (rows, width, channels), refused with a one-line error unless it is the uint8 strip of
+    ``writer`` (its ``path``, ``width``, ``height``, ``channels``) that starts at its ``rows_written``."""
+    strip = np.asarray(strip)
+    if strip.ndim == 2:
+        strip = strip[:, :, None]
+    if strip.ndim != 3 or strip.shape[1:] != (writer.width, writer.channels) or strip.dtype != np.uint8:
+        raise ValueError(f"{writer.path}: expected uint8 strips of shape (rows, {writer.width}, {writer.channels}), "
+                         f"got {strip.dtype} {strip.shape}")
+    if y0 != writer.rows_written:
+        raise ValueError(f"{writer.path}: strip starts at row {y0}, expected row {writer.rows_written}")
+    if y0 + strip.shape[0] > writer.height:
+        raise ValueError(f"{writer.path}: strip rows {y0}..{y0 + strip.shape[0]} run past the map's {writer.height}")
+    return strip
+
+
 def ome_color(rgb: tuple[int, int, int]) -> int:
     """An RGB colour as OME-XML writes it: RGBA packed into a signed 32-bit integer."""
     r, g, b = (int(c) & 255 for c in rgb)
@@ -136,7 +152,26 @@ def ome_color(rgb: tuple[int, int, int]) -> int:
     return value - (1 << 32) if value >= 1 << 31 else value
 
 
-class ClassMapWriter:
+class ClosedOnExit:
+    """``with writer:`` closes it (the file appears) when the block ends normally, aborts it on an exception."""
+
+    def close(self) -> Any:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class ClassMapWriter(ClosedOnExit):
     """Stream a class map (``kind="classes"``, one channel of class indices) or class probabilities
     (``kind="probabilities"``, one uint8 channel per class) into a tiled pyramidal OME-TIFF, strip by strip from
     the top; ``pixel_size_um`` is the map's own pixel size (full-resolution size × downsample), so QuPath places
@@ -214,18 +249,7 @@ class ClassMapWriter:
         """Add the next rows of the map; strips arrive in order, top to bottom, each starting where the last ended."""
         if self._spool is None:
             raise RuntimeError(f"{self.path}: the map writer is already closed")
-        strip = np.asarray(strip)
-        if strip.ndim == 2:
-            strip = strip[:, :, None]
-        if strip.ndim != 3 or strip.shape[1:] != (self.width, self.channels) or strip.dtype != np.uint8:
-            raise ValueError(
-                f"{self.path}: expected uint8 strips of shape (rows, {self.width}, {self.channels}), "
-                f"got {strip.dtype} {strip.shape}"
-            )
-        if y0 != self.rows_written:
-            raise ValueError(f"{self.path}: strip starts at row {y0}, expected row {self.rows_written}")
-        if y0 + strip.shape[0] > self.height:
-            raise ValueError(f"{self.path}: strip rows {y0}..{y0 + strip.shape[0]} run past the map's {self.height}")
+        strip = checked_strip(self, y0, strip)
         if self.overlay is not None:
             k = self._overlay_step
             self._overlay_rows.append(strip[(-y0) % k:: k, ::k, 0].copy())
@@ -432,14 +456,6 @@ class ClassMapWriter:
         """Drop everything written so far; the output path is left untouched."""
         self._release()
 
-    def __enter__(self) -> ClassMapWriter:
-        return self
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def default_colors(n: int) -> list[tuple[int, int, int]]:

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..data.base import ImageSource
 from ..data.preprocessing import Preprocessing
-from ..runtime.children import START_TIMEOUT_S, Child, ChildError, ChildPool, error_info
+from ..runtime.children import START_TIMEOUT_S, Child, ChildError, ChildPool, error_info, incoming
 
 _pool = ChildPool("dlpixel.inference.read_process", keep=8)
 _keys = itertools.count()
@@ -101,11 +101,7 @@ def serve(commands: Connection, answers: Connection) -> None:
     current: tuple[Any, ...] | None = None
     fd = answers.fileno()
     try:
-        while True:
-            try:
-                message = commands.recv()
-            except (EOFError, OSError):
-                break
+        for message in incoming(commands):
             kind = message[0]
             try:
                 if kind == "open":

@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,15 @@ class ChildPool:
             self._idle.clear()
         for child in children:
             child.stop()
+
+
+def incoming(commands: Connection) -> Iterator[Any]:
+    """The caller's messages, in a child, until the caller closes its end of the pipe."""
+    while True:
+        try:
+            yield commands.recv()
+        except (EOFError, OSError):
+            return
 
 
 def error_info(err: BaseException) -> tuple[str, int | None, str | None, str | None, str]:
