@@ -46,6 +46,10 @@ class Child:
     """One child process serving ``module`` and the two pipes to it."""
 
     def __init__(self, module: str) -> None:
+        if not Path(sys.executable or "?").name.lower().startswith("python"):
+            # Embedded in another program: sys.executable is that program, which must not be started again.
+            raise ChildError(f"no Python interpreter to start a {module} process with (sys.executable is "
+                             f"{sys.executable!r})")
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         _grow_pipe(to_child_w)
@@ -175,7 +179,7 @@ class ChildPool:
             while len(self._idle) < n:
                 try:
                     self._idle.append(Child(self.module))
-                except (OSError, ValueError):
+                except (ChildError, OSError, ValueError):
                     return  # ``take`` reports it
 
     def stop_idle(self) -> None:
