@@ -201,6 +201,8 @@ class Predictor:
 
             def read_row(y: int, xs: list[int]) -> Any:
                 # One block of raw pixels per row, page-locked for its upload; cut into tiles on the device.
+                if not xs:  # every tile of the row filtered out: nothing to read
+                    return None, []
                 if children is not None:  # decoded in a child, received straight into page-locked memory
                     return children.read(xs, y, lambda shape, dtype: pinned_buffer(shape, dtype, dev))
                 block, offsets = read_raw_block(source, pre, ds, xs, y, t)
@@ -208,6 +210,8 @@ class Predictor:
         else:
             def read_row(y: int, xs: list[int]) -> Any:
                 # Raw pixels (uint8: a quarter of float32) wait in the queue; normalisation comes with the batch.
+                if not xs:
+                    return []
                 if children is not None:
                     block, offsets = children.read(xs, y, _numpy_buffer)
                     return [np.ascontiguousarray(block[:, c: c + t]) for c in offsets]
