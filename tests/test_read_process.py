@@ -144,10 +144,28 @@ def test_a_child_that_dies_is_reported_and_not_reused(tmp_path: Path) -> None:
         child = readers._all[0]
         child.proc.kill()
         child.proc.wait()
-        with pytest.raises(ChildError, match="stopped unexpectedly"):
+        with pytest.raises(ChildError, match=r"stopped unexpectedly \(exit code -9; killed.*row_readers: same_process"):
             readers.read([0, 48], 0, _numpy)
         assert readers._all == []
+        with pytest.raises(ChildError, match="every row reader process stopped"):  # no wait for a child forever
+            readers.read([0, 48], 48, _numpy)
         readers.close()
+
+
+def test_a_file_a_child_cannot_open_is_one_error_and_the_children_serve_on(tmp_path: Path) -> None:
+    path, channels = _image(tmp_path, "rgb-pyramid")
+    pre = Preprocessing(channels=channels, channel_names=["a", "b", "c"], normalization=NormalizationConfig())
+    with FileImageSource(path) as src:
+        path.rename(tmp_path / "moved.ome.tif")  # gone before the children open it
+        with pytest.raises(DataError, match="image file not found"):
+            RowReaders(src, pre, 1.0, 64, 3)
+        (tmp_path / "moved.ome.tif").rename(path)
+        readers = RowReaders(src, pre, 1.0, 64, 3)
+        try:
+            block, offsets = readers.read([0, 48], 0, _numpy)
+            assert offsets == [0, 48] and np.array_equal(block, read_raw_block(src, pre, 1.0, [0, 48], 0, 64)[0])
+        finally:
+            readers.close()
 
 
 def test_images_a_child_cannot_open_are_read_in_this_process(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from ..runtime.children import START_TIMEOUT_S, Child, ChildError, ChildPool, er
 from .outputs_map import ClassMapWriter, ClosedOnExit, checked_strip
 
 MapWriterError = ChildError
-_pool = ChildPool("dlpixel.inference.map_process", keep=1)
+_pool = ChildPool("dlpixel.inference.map_process", keep=1, setting="map_writer")
 
 
 def prestart() -> None:

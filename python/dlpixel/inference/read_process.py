@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import pickle
 import queue
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
@@ -24,7 +25,7 @@ from ..data.base import ImageSource
 from ..data.preprocessing import Preprocessing
 from ..runtime.children import START_TIMEOUT_S, Child, ChildError, ChildPool, error_info, incoming
 
-_pool = ChildPool("dlpixel.inference.read_process", keep=8)
+_pool = ChildPool("dlpixel.inference.read_process", keep=8, setting="row_readers")
 _keys = itertools.count()
 
 
@@ -56,19 +57,38 @@ class RowReaders:
         try:
             for _ in range(n):
                 self._all.append(_pool.take())
-            for child in self._all:  # every child opens the file at once
-                child.send.send(("open", key, source, pre, downsample, tile))
-            for child in self._all:
-                child.answer(START_TIMEOUT_S)
-                self._free.put(child)
         except BaseException:
             self.close()
             raise
+        # The source crosses pickled apart, so that a file the child cannot open is its error, not its end.
+        recipe = pickle.dumps(source)
+        for child in self._all:  # every child opens the file at once
+            child.send.send(("open", key, recipe, pre, downsample, tile))
+        failure: BaseException | None = None
+        for child in list(self._all):  # every answer is read, so no child is left with one pending
+            try:
+                child.answer(START_TIMEOUT_S)
+                self._free.put(child)
+            except BaseException as err:  # noqa: BLE001 - the first is raised below
+                failure = failure or err
+                if isinstance(err, ChildError):
+                    self._all.remove(child)
+                    child.stop()
+        if failure is not None:
+            self.close()
+            raise failure
 
     def read(self, xs: Sequence[int], y: int, allocate: Allocate) -> tuple[Any, list[int]]:
         """``read_raw_block`` of the row at ``y`` with tiles at ``xs``: the buffer from ``allocate`` filled with the
         block, and the column where each tile starts in it."""
-        child = self._free.get()
+        while True:
+            try:
+                child = self._free.get(timeout=0.5)
+                break
+            except queue.Empty:
+                if not self._all:  # every child stopped (each failure was raised where it happened)
+                    raise ChildError("every row reader process stopped; rerun, or set row_readers: "
+                                     "same_process") from None
         state = "asking"
         try:
             shape, dtype, offsets = child.ask(("read", list(xs), y))
@@ -108,8 +128,8 @@ def serve(commands: Connection, answers: Connection) -> None:
                     if current is not None:
                         current[0].close()
                     current = None
-                    _, _key, source, pre, downsample, tile = message
-                    current = (source, pre, downsample, tile)
+                    _, _key, recipe, pre, downsample, tile = message
+                    current = (pickle.loads(recipe), pre, downsample, tile)
                     answers.send(("ok", None))
                     continue
                 if kind != "read" or current is None:

@@ -23,13 +23,15 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from ..errors import DlpixelError
+
 PIPE_BYTES = 1 << 20
 """Capacity asked for each pipe (Linux gives any process up to 1 MiB): 3 MB cross in three writes, not 48."""
 START_TIMEOUT_S = 120.0
 """How long to wait for a new child's first answer (its imports: about a second)."""
 
 
-class ChildError(RuntimeError):
+class ChildError(DlpixelError):
     """A child stopped, or did not answer in time."""
 
 
@@ -45,7 +47,10 @@ def _grow_pipe(fd: int) -> None:
 class Child:
     """One child process serving ``module`` and the two pipes to it."""
 
-    def __init__(self, module: str) -> None:
+    def __init__(self, module: str, setting: str = "") -> None:
+        self.module = module
+        self.setting = setting
+        """The setting that does without this kind of child (named in the error when one stops)."""
         if not Path(sys.executable or "?").name.lower().startswith("python"):
             # Embedded in another program: sys.executable is that program, which must not be started again.
             raise ChildError(f"no Python interpreter to start a {module} process with (sys.executable is "
@@ -70,19 +75,25 @@ class Child:
         finally:
             os.close(to_child_r)
             os.close(from_child_w)
-        self.module = module
         self.send = Connection(to_child_w, readable=False, writable=True)
         self.recv = Connection(from_child_r, readable=True, writable=False)
         self.ready = False
         """Whether its first answer ("ready", sent when its imports are done) has been read."""
+
+    def stopped(self) -> ChildError:
+        """The error that says this child is gone, and what to do."""
+        code = self.proc.poll()
+        why = f"exit code {code}" + ("; killed, perhaps for lack of memory" if code == -9 else "")
+        fix = f"rerun, or set {self.setting}: same_process" if self.setting else "rerun"
+        return ChildError(f"the {self.module} process stopped unexpectedly ({why}); {fix}")
 
     def ask(self, message: tuple, timeout: float | None = None) -> Any:
         """Send ``message`` and return the child's answer (raising the error it reports)."""
         try:
             self.send.send(message)
         except OSError:  # its end of the pipe is closed: it is gone
-            raise ChildError(f"the {self.module} process stopped unexpectedly (exit code "
-                             f"{self.proc.poll()})") from None
+            self._wait_briefly()
+            raise self.stopped() from None
         return self.answer(timeout)
 
     def answer(self, timeout: float | None = None) -> Any:
@@ -92,8 +103,8 @@ class Child:
         try:
             kind, value = self.recv.recv()
         except (EOFError, OSError):
-            raise ChildError(f"the {self.module} process stopped unexpectedly (exit code "
-                             f"{self.proc.poll()})") from None
+            self._wait_briefly()
+            raise self.stopped() from None
         if kind == "error":
             raise rebuild(value)
         return value
@@ -106,8 +117,16 @@ class Child:
         while done < len(view):
             n = os.readv(fd, [view[done:]])
             if n == 0:
-                raise ChildError(f"the {self.module} process stopped unexpectedly (exit code {self.proc.poll()})")
+                self._wait_briefly()
+                raise self.stopped()
             done += n
+
+    def _wait_briefly(self) -> None:
+        """Give a child whose pipe just closed a moment to exit, so its exit code can be told."""
+        try:
+            self.proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            pass
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -133,8 +152,9 @@ class Child:
 class ChildPool:
     """Children of one module kept between uses (at most ``keep`` idle), stopped when the interpreter exits."""
 
-    def __init__(self, module: str, keep: int = 1) -> None:
+    def __init__(self, module: str, keep: int = 1, setting: str = "") -> None:
         self.module = module
+        self.setting = setting
         self.keep = keep
         self._idle: list[Child] = []
         self._lock = threading.Lock()
@@ -152,7 +172,7 @@ class ChildPool:
                 candidate.stop()
         if child is None:
             try:
-                child = Child(self.module)
+                child = Child(self.module, self.setting)
             except (OSError, ValueError) as err:  # ValueError: no pass_fds (Windows)
                 raise ChildError(f"cannot start a {self.module} process ({err})") from None
         if not child.ready:
@@ -178,7 +198,7 @@ class ChildPool:
             self.keep = max(self.keep, n)
             while len(self._idle) < n:
                 try:
-                    self._idle.append(Child(self.module))
+                    self._idle.append(Child(self.module, self.setting))
                 except (ChildError, OSError, ValueError):
                     return  # ``take`` reports it
 
