@@ -173,14 +173,22 @@ def test_imported_classifiers_honour_fixed_statistics(tmp_path, onnx_file):
         stats_for(src, no_stats)
 
 
-def test_a_map_written_by_a_separate_process_is_the_same_file(tmp_path, onnx_file):
+def test_a_map_read_and_written_by_separate_processes_is_the_same_file(tmp_path, onnx_file, monkeypatch):
     import re
 
+    from dlpixel.inference import map_process, read_process
+
+    used = []
+    for cls, method in ((read_process.RowReaders, "read"), (map_process.MapWriterProcess, "add_strip")):
+        original = getattr(cls, method)
+        monkeypatch.setattr(cls, method, lambda self, *a, _o=original, _c=cls: used.append(_c) or _o(self, *a))
     folder, _, _ = make_project(tmp_path, onnx_file, 1.4)
     contents = {}
-    for writer in ("same_process", "separate_process"):
-        written = apply_classifier(open_project(folder), "threshold",
-                                   InferenceConfig(output="overlay", scope="image", map_writer=writer))
-        contents[writer] = {p.name: re.sub(rb"urn:uuid:[0-9a-f-]+", b"", p.read_bytes()) for p in written}
+    for where in ("same_process", "separate_process"):
+        cfg = InferenceConfig(output="overlay", scope="image", map_writer=where,
+                              row_readers="separate_processes" if where == "separate_process" else where)
+        written = apply_classifier(open_project(folder), "threshold", cfg)
+        contents[where] = {p.name: re.sub(rb"urn:uuid:[0-9a-f-]+", b"", p.read_bytes()) for p in written}
     assert len(contents["same_process"]) == 4 and contents["same_process"] == contents["separate_process"]
+    assert set(used) == {read_process.RowReaders, map_process.MapWriterProcess}  # the children did the work
     assert not [p for p in (folder / "results").rglob(".*")]  # no temporaries left
