@@ -55,6 +55,29 @@ def _bench_image(path: Path, size: int) -> Path:
     return write_ome_tiff(path, img.astype(np.uint8), pixel_size_um=0.5)
 
 
+class _CostsNothing:
+    """The model replaced by one that costs (almost) nothing, for ``apply``'s pipeline alone: its "probabilities"
+    are the normalised input channels (one cheap copy), so the class map still follows the image and costs the map
+    writer what a real one does."""
+
+    def __init__(self, model: Any, n_classes: int) -> None:
+        self.name, self.device = model.name, model.device
+        self.precision = getattr(model, "precision", "fp32")
+        self.n_classes = n_classes
+        if hasattr(model, "probabilities_on_device"):
+            self.dev = model.dev
+            self.probabilities_on_device = self._on_device
+
+    def _pick(self, channels: int) -> list[int]:
+        return [k % channels for k in range(self.n_classes)]
+
+    def _on_device(self, x: Any) -> Any:
+        return x[:, self._pick(x.shape[1])].float()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(batch[:, self._pick(batch.shape[1])], np.float32)
+
+
 def _model_only(model: Any, batch_size: int, channels: int, tile_size: int, n_batches: int) -> float:
     """Tiles per second of the model alone at the batch and precision ``apply`` uses: on PyTorch, float32 inputs
     already on the device and probabilities left there (what the device path runs per batch); on ONNX Runtime (host
@@ -99,7 +122,9 @@ def bench_inference(
     row_readers: str = "auto",
 ) -> dict[str, Any]:
     """Tiles per second of ``apply`` end to end (reads, normalisation, model, blending, the class-map writer) and of
-    the model alone at the same batch and precision, their ratio, and seconds per stage of the fastest end-to-end
+    the model alone at the same batch and precision, their ratio, the pipeline with a model that costs nothing
+    (``without_model``: what reading, normalising, blending and writing can feed; compared with the model alone),
+    and seconds per stage of the fastest end-to-end
     run (stats: waiting for the image's statistics, computed beside the first reads as ``apply`` does; read:
     waiting for tiles; model: model calls, with the upload and normalisation on the device path; blend; write: the
     class-map writer)."""
@@ -117,10 +142,14 @@ def bench_inference(
         model = load_backend(entry.path, meta, backend, device, precision, cuda_graphs)
         source = FileImageSource(Path(image) if image else _bench_image(root / "bench.ome.tif", size))
         on_device = {"auto": None, "host": False, "device": True}[path]
-        predictor = Predictor(model, meta, tile_size, None, batch_size, reader_threads, on_device=on_device)
-        predictor.keep_probabilities = False
-        predictor.writer_thread = writer_thread
-        predictor.row_readers = row_readers
+        predictors = []
+        for runner in (model, _CostsNothing(model, len(meta.classes))):
+            predictor = Predictor(runner, meta, tile_size, None, batch_size, reader_threads, on_device=on_device)
+            predictor.keep_probabilities = False
+            predictor.writer_thread = writer_thread
+            predictor.row_readers = row_readers
+            predictors.append(predictor)
+        predictor, without_model = predictors
         separate = (map_writer == "separate_process"
                     or (map_writer == "auto" and predictor.uses_device() and model.device == "cuda"))
         if separate:
@@ -129,24 +158,29 @@ def bench_inference(
         n_tiles = len(grid.xs) * len(grid.ys)
         n_batches = max(2, int(np.ceil(n_tiles / batch_size)))
         # Alternate the two measurements and keep the best of each, so a busy machine slows both alike.
-        model_tps = best = 0.0
+        model_tps = best = alone_tps = 0.0
         stages: dict[str, float] = {}
-        for _ in range(repeats):
-            model_tps = max(model_tps, _model_only(model, batch_size, 3, tile_size, n_batches))
+
+        def end_to_end(runs: Predictor) -> float:
             t0 = time.perf_counter()
             stats = in_background(stats_for, source, meta.preprocessing)  # as ``apply`` computes them
             with open_map_writer(separate, root / "map.ome.tif", grid.width, grid.height, 1, pixel_size_um=0.5,
                                  channel_names=["classes"], kind="classes") as sink:
-                ahead = predictor.ahead_of_writer(predictor.strips(source, stats))  # as ``apply`` writes
+                ahead = runs.ahead_of_writer(runs.strips(source, stats))  # as ``apply`` writes
                 try:
                     for strip in ahead:
                         sink.add_strip(strip.y, strip.classes())
                 finally:
                     ahead.close()
-            tps = n_tiles / (time.perf_counter() - t0)
+            return n_tiles / (time.perf_counter() - t0)
+
+        for _ in range(repeats):
+            model_tps = max(model_tps, _model_only(model, batch_size, 3, tile_size, n_batches))
+            tps = end_to_end(predictor)
             if tps > best:
                 best = tps
                 stages = dict(predictor.timings)
+            alone_tps = max(alone_tps, end_to_end(without_model))
         peak = None
         if getattr(model, "device", "cpu") == "cuda":
             import torch
@@ -171,6 +205,8 @@ def bench_inference(
         "end_to_end_tiles_per_second": round(best, 2),
         "model_only_tiles_per_second": round(model_tps, 2),
         "pipeline_efficiency": round(best / model_tps, 3),
+        "without_model_tiles_per_second": round(alone_tps, 2),
+        "without_model_vs_model_alone": round(alone_tps / model_tps, 3),
         **{f"seconds_{k}": round(v, 3) for k, v in stages.items()},
         "gpu_peak_mib": peak,
     }
