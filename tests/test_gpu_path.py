@@ -473,3 +473,17 @@ def test_training_from_the_device_cache_equals_training_from_the_dataloader(monk
     assert [r["val_loss"] for r in a.history] == [r["val_loss"] for r in b.history]
     for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(va, vb), k
+
+
+def test_bench_inference_reports_every_stage_and_where_each_part_ran():
+    from dlpixel.inference.bench import bench_inference
+
+    result = bench_inference(size=256, tile_size=64, batch_size=4, backend="torch", device="cpu", repeats=1,
+                             path="device", row_readers="separate_processes", map_writer="separate_process")
+    assert result["path"] == "device" and result["tiles"] == 25  # 256 px in 64-px tiles overlapping by 16
+    assert result["row_readers"] == "separate_processes" and result["map_writer"] == "separate_process"
+    assert {f"seconds_{k}" for k in ("stats", "read", "preprocess", "model", "blend", "write")} <= set(result)
+    for key in ("end_to_end_tiles_per_second", "model_only_tiles_per_second", "without_model_tiles_per_second"):
+        assert result[key] > 0
+    ratio = result["end_to_end_tiles_per_second"] / result["model_only_tiles_per_second"]
+    assert result["pipeline_efficiency"] == pytest.approx(ratio, abs=0.002)  # of the unrounded figures
