@@ -75,3 +75,20 @@ def synthetic_project(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
     img, truth = synthetic_image()
     folder = write_folder_project(tmp_path / "project", {"synthetic.tif": (img, strokes_from_truth(truth))})
     return folder, img, truth
+
+
+@pytest.fixture
+def failing_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Child processes (``runtime.children``) started from an interpreter that exits at once, as a broken
+    installation would; idle children kept from earlier tests are stopped first."""
+    from dlpixel.inference import map_process, read_process
+    from dlpixel.runtime import children
+
+    map_process._pool.stop_idle()
+    read_process._pool.stop_idle()
+    (tmp_path / "bin").mkdir(exist_ok=True)
+    path = tmp_path / "bin" / "python3"
+    path.write_text("#!/bin/sh\nexit 1\n")
+    path.chmod(0o755)
+    monkeypatch.setattr(children.sys, "executable", str(path))
+    return path

@@ -132,9 +132,7 @@ def test_abort_leaves_nothing_and_a_killed_child_is_reported(tmp_path: Path) -> 
     assert not (tmp_path / "m.ome.tif").exists()
 
 
-def test_without_a_child_the_map_is_written_in_this_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    map_process._pool.stop_idle()
-    monkeypatch.setattr(children.sys, "executable", str(_failing_python(tmp_path)))
+def test_without_a_child_the_map_is_written_in_this_process(tmp_path: Path, failing_python: Path) -> None:
     with pytest.warns(RuntimeWarning, match="writing the map in this process instead"):
         sink = open_map_writer(True, tmp_path / "m.ome.tif", 64, 40, 1)
     assert isinstance(sink, ClassMapWriter)
@@ -161,14 +159,6 @@ def test_when_the_caller_dies_the_child_removes_its_spool_and_exits(tmp_path: Pa
     assert list(tmp_path.iterdir()) == []
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
-
-def _failing_python(folder: Path) -> Path:
-    """An interpreter that exits at once, as a broken installation would."""
-    (folder / "bin").mkdir(exist_ok=True)
-    path = folder / "bin" / "python3"
-    path.write_text("#!/bin/sh\nexit 1\n")
-    path.chmod(0o755)
-    return path
 
 
 def test_a_program_embedding_python_is_never_started_as_a_child(monkeypatch: pytest.MonkeyPatch) -> None:

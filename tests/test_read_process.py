@@ -183,16 +183,12 @@ def test_images_a_child_cannot_open_are_read_in_this_process(tmp_path: Path) -> 
 
 
 def test_without_children_rows_are_read_in_this_process_with_a_warning(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from dlpixel.inference import read_process
-    from dlpixel.runtime import children
+                                                                       failing_python: Path) -> None:
     from dlpixel.runtime.events import Emitter
 
     path, channels = _image(tmp_path, "rgb-pyramid")
     meta = _meta(channels)
     events: list[dict] = []
-    read_process._pool.stop_idle()
-    monkeypatch.setattr(children.sys, "executable", str(_failing_python(tmp_path)))
     with FileImageSource(path) as src:
         predictor = Predictor(TorchBackend(_Pointwise(), "cpu", "fp32"), meta, 64, 16, batch_size=4,
                               emit=Emitter([events.append]))
@@ -202,11 +198,3 @@ def test_without_children_rows_are_read_in_this_process_with_a_warning(tmp_path:
     assert sum(s.classes().shape[0] for s in strips) == 200
     assert any("reading rows in this process instead" in str(e.get("message", "")) for e in events)
 
-
-def _failing_python(folder: Path) -> Path:
-    """An interpreter that exits at once, as a broken installation would."""
-    (folder / "bin").mkdir(exist_ok=True)
-    path = folder / "bin" / "python3"
-    path.write_text("#!/bin/sh\nexit 1\n")
-    path.chmod(0o755)
-    return path
