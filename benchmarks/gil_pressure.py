@@ -7,8 +7,11 @@ it with a thread that makes tiny PyTorch calls (``torch.add`` on 4 numbers, whic
 PyTorch call does) and counts them per second: alone, then while rows of tiles of an 8192² pyramidal OME-TIFF are
 read (as ``apply`` reads them for 512-px tiles) by reader threads of this process or by child processes, then
 while 8192² class maps are written by ``ClassMapWriter`` in a thread of this process or by a child. It prints the
-calls per second of each, their ratio to the rate alone, and the seconds the reads and maps took. Runs on a CPU; no
-GPU needed. On a machine with few cores the children also compete for the cores, which a ratio below 1 shows too.
+calls per second of each, their ratio to the rate alone, and the seconds the reads and maps took. Last, strips are
+handed to the map writer at the pace a model makes them (``--model-seconds`` per map: 0.26 s is U-Net resnet34 at
+512 px on an H200 for 8192²): the caller's seconds for the whole map, close included, in this process and with the
+child, and what closing takes after the last strip. Runs on a CPU; no GPU needed. On a machine with few cores the
+children also compete for the cores, which a ratio below 1 shows too.
 
     python benchmarks/gil_pressure.py                  # 8192 × 8192, 2 readers
     python benchmarks/gil_pressure.py --readers 8 --json
@@ -65,7 +68,7 @@ def _beside(work: Any) -> tuple[float, float]:
 
 
 def run(size: int = 8192, readers: int = 2, strip_rows: int = 384, rounds: int = 3,
-        switch_interval: float = 0.0005) -> dict[str, Any]:
+        switch_interval: float = 0.0005, model_seconds: float = 0.26) -> dict[str, Any]:
     import torch
     from dlpixel.config import NormalizationConfig
     from dlpixel.data.images import FileImageSource
@@ -126,6 +129,23 @@ def run(size: int = 8192, readers: int = 2, strip_rows: int = 384, rounds: int =
                 result[f"calls_per_second_{name}"] = round(rate)
                 result[f"ratio_to_alone_{name}"] = round(rate / alone, 3)
                 result[f"seconds_per_image_{name}"] = round(took / rounds, 3)
+        # Strips handed over at the pace a model makes them (``model_seconds`` per map): the caller's seconds for
+        # the whole map, close included, and what closing costs after the last strip.
+        n_strips = -(-size // strip_rows)
+        for separate in (False, True, False, True):
+            name = "separate_process" if separate else "same_process"
+            sink = open_map_writer(separate, Path(tmp) / "paced.ome.tif", size, size, 1, kind="classes")
+            t0 = time.perf_counter()
+            for y in range(0, size, strip_rows):
+                sink.add_strip(y, data[y: y + strip_rows])
+                time.sleep(model_seconds / n_strips)
+            t1 = time.perf_counter()
+            sink.close()
+            t2 = time.perf_counter()
+            if t2 - t0 < result.get(f"seconds_paced_map_{name}", float("inf")):
+                result[f"seconds_paced_map_{name}"] = round(t2 - t0, 3)
+                result[f"seconds_close_after_last_strip_{name}"] = round(t2 - t1, 3)
+    result["seconds_model_per_map"] = model_seconds
     return result
 
 
@@ -135,9 +155,11 @@ def main() -> None:
     p.add_argument("--readers", type=int, default=2, help="reader threads or child processes (apply: 8 on a GPU)")
     p.add_argument("--strip-rows", type=int, default=384, help="rows per map strip (384: 512-px tiles, overlap 128)")
     p.add_argument("--rounds", type=int, default=3, help="images read and maps written while the calls are counted")
+    p.add_argument("--model-seconds", type=float, default=0.26,
+                   help="seconds a model takes for the whole map, for the paced run (default %(default)s)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    result = run(args.size, args.readers, args.strip_rows, args.rounds)
+    result = run(args.size, args.readers, args.strip_rows, args.rounds, model_seconds=args.model_seconds)
     if args.json:
         print(json.dumps(result))
     else:
