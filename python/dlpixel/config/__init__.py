@@ -389,8 +389,9 @@ class InferenceConfig(_Settings):
     reading and writing on the host do not hold up the device). Off for a custom model that cannot be captured
     (such a model also falls back by itself, with a warning)."""
     reader_threads: int | Literal["auto"] = "auto"
-    """Threads that read (and decode) rows of tiles ahead of the model. ``auto``: 2 where the model runs on a CPU
-    (it is the bottleneck there), 8 (at most half the cores) where it runs on a CUDA GPU, which takes rows faster."""
+    """Readers of rows of tiles ahead of the model: threads, each with a child process that decodes where
+    ``row_readers`` puts them there. ``auto``: 2 where the model runs on a CPU (it is the bottleneck there), 8 (at
+    most half the cores) where it runs on a CUDA GPU, which takes rows faster."""
     row_readers: Literal["auto", "separate_processes", "same_process"] = "auto"
     """Where rows of tiles of an image file are read and decoded: ``separate_processes``, one child process per
     reader (``reader_threads`` of them; each opens the file itself and sends the raw block back, received straight
