@@ -68,7 +68,7 @@ class MapWriterProcess(ClosedOnExit):
             # Half a message may be in the pipe: the child cannot go on. Closing the pipe makes it abort (its
             # spool removed) and exit.
             self._child = None
-            child.stop()
+            self._stop(child)
             raise
         self._rows += strip.shape[0]
 
@@ -113,15 +113,22 @@ class MapWriterProcess(ClosedOnExit):
                 if kind != "error":
                     break
         except (OSError, EOFError):  # a child that is gone or cannot answer is stopped (it aborts when its pipe
-            child.stop()             # closes)
+            self._stop(child)        # closes)
             return
         except BaseException:
-            child.stop()
+            self._stop(child)
             raise
         if kind == "ok":
             _pool.give_back(child)
         else:
-            child.stop()
+            self._stop(child)
+
+    def _stop(self, child: Child) -> None:
+        """Stop a child that cannot go on; what a killed one could not remove (its spool, a half-written file:
+        hidden temporaries named with its process id) is removed here."""
+        child.stop()
+        for leftover in self.path.parent.glob(f".*.pid{child.proc.pid}.*.tmp"):
+            leftover.unlink(missing_ok=True)
 
     def _release_child(self) -> None:
         child, self._child = self._child, None
