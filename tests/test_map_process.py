@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from dlpixel.inference import map_process
-from dlpixel.inference.map_process import MapWriterError, MapWriterProcess, open_map_writer
+from dlpixel.inference.map_process import MapWriterProcess, open_map_writer
 from dlpixel.inference.outputs_map import ClassMapWriter
 from dlpixel.runtime import children
 
@@ -127,7 +127,7 @@ def test_abort_leaves_nothing_and_a_killed_child_is_reported(tmp_path: Path) -> 
     sink._child.proc.kill()
     sink._child.proc.wait()
     assert [p.name for p in tmp_path.iterdir()][0].endswith(".tiles.tmp")  # the spool of the killed child
-    with pytest.raises(MapWriterError, match="stopped unexpectedly"):
+    with pytest.raises(children.ChildError, match="stopped unexpectedly"):
         sink.add_strip(300, np.ones((300, 300), np.uint8))
         sink.close()
     assert list(tmp_path.iterdir()) == []  # removed for it

@@ -150,8 +150,7 @@ def bench_inference(
             predictor.row_readers = row_readers
             predictors.append(predictor)
         predictor, without_model = predictors
-        separate = (map_writer == "separate_process"
-                    or (map_writer == "auto" and predictor.uses_device() and model.device == "cuda"))
+        separate = predictor.in_children(map_writer)
         if separate:
             prestart()
         grid = predictor.grid(source)

@@ -194,9 +194,8 @@ def host_block(block: np.ndarray, device: torch.device) -> torch.Tensor:
     host = torch.from_numpy(np.ascontiguousarray(block))
     if device.type != "cuda":
         return host
-    pinned = torch.empty(host.shape, dtype=host.dtype, pin_memory=True)
-    pinned.copy_(host)
-    return pinned
+    pinned, _ = pinned_buffer(block.shape, block.dtype, device)
+    return pinned.copy_(host)
 
 
 def pinned_buffer(shape: tuple[int, ...], dtype: np.dtype, device: torch.device) -> tuple[torch.Tensor, np.ndarray]:

@@ -25,7 +25,6 @@ import numpy as np
 from ..runtime.children import START_TIMEOUT_S, Child, ChildError, ChildPool, error_info, incoming
 from .outputs_map import ClassMapWriter, ClosedOnExit, checked_strip
 
-MapWriterError = ChildError
 _pool = ChildPool("dlpixel.inference.map_process", keep=1, setting="map_writer")
 
 
@@ -81,7 +80,7 @@ class MapWriterProcess(ClosedOnExit):
         """Raise the error the child reported for an earlier strip, leaving nothing behind."""
         try:
             child.answer(START_TIMEOUT_S)
-            error: BaseException = MapWriterError("the map writer process answered out of turn")
+            error: BaseException = ChildError("the map writer process answered out of turn")
         except BaseException as err:  # noqa: BLE001 - the child's own error is the one to raise
             error = err
         self.abort()
@@ -144,7 +143,7 @@ def open_map_writer(separate_process: bool, path: str | Path, width: int, height
     if separate_process:
         try:
             return MapWriterProcess(path, width, height, channels, **options)
-        except MapWriterError as err:
+        except ChildError as err:
             import warnings
 
             warnings.warn(f"{err}; writing the map in this process instead", RuntimeWarning, stacklevel=2)
@@ -182,7 +181,7 @@ def serve(commands: Connection, answers: Connection) -> None:
                     if failed:
                         continue  # its error, sent once when it happened, is the answer the caller reads
                     if writer is None:
-                        raise MapWriterError("the map writer was never opened")
+                        raise ChildError("the map writer was never opened")
                     closing, writer = writer, None
                     answers.send(("ok", str(closing.close())))  # close() aborts by itself when it fails
                 elif kind == "abort":
@@ -191,7 +190,7 @@ def serve(commands: Connection, answers: Connection) -> None:
                     writer, failed = None, False
                     answers.send(("ok", None))
                 else:
-                    raise MapWriterError(f"unknown command {kind!r}")
+                    raise ChildError(f"unknown command {kind!r}")
             except Exception as err:  # noqa: BLE001 - reported to the caller
                 answers.send(("error", error_info(err)))
     finally:

@@ -27,7 +27,7 @@ from ..runtime.events import CancelToken, Emitter
 from ..runtime.pipeline import resolved
 from ..runtime.tiling import Grid, blend_window
 from .backends import Backend
-from .reading import normalize_raw, read_raw_block, read_raw_row
+from .reading import normalize_raw, read_raw_block, read_raw_row, tiles_of
 
 AUTO_READERS_CPU = 2
 """``reader_threads: auto`` where the model runs on a CPU: the model is the bottleneck, 2 threads keep it fed
@@ -36,6 +36,18 @@ AUTO_READERS_GPU = 8
 """``reader_threads: auto`` on the device path (at most half the cores): on an H200 with 16 cores,
 efficientnet-lite0 at 256 px ran at 0.50 of the model alone with 8 threads and 0.45 with 2 (resnet34 at 512 px:
 0.45 with either)."""
+
+
+def readers_for(setting: int | str, device_path: bool) -> int:
+    """``reader_threads`` resolved: ``auto`` is ``AUTO_READERS_GPU`` (at most half the cores, at least
+    ``AUTO_READERS_CPU``) on the device path, ``AUTO_READERS_CPU`` on the host path."""
+    if setting != "auto":
+        return int(setting)
+    if not device_path:
+        return AUTO_READERS_CPU
+    import os
+
+    return max(AUTO_READERS_CPU, min(AUTO_READERS_GPU, (os.cpu_count() or 1) // 2))
 
 
 @dataclass
@@ -115,13 +127,14 @@ class Predictor:
     @property
     def reader_threads(self) -> int:
         """Threads reading rows (``InferenceConfig.reader_threads``, ``auto`` resolved for this predictor's path)."""
-        if self._reader_threads != "auto":
-            return int(self._reader_threads)
-        if not self.uses_device():
-            return AUTO_READERS_CPU
-        import os
+        return readers_for(self._reader_threads, self.uses_device())
 
-        return max(AUTO_READERS_CPU, min(AUTO_READERS_GPU, (os.cpu_count() or 1) // 2))
+    def in_children(self, setting: str) -> bool:
+        """Whether ``row_readers`` or ``map_writer`` set to ``setting`` puts that work in child processes:
+        ``separate_…``, or ``auto`` where the model runs on a CUDA GPU and strips are blended there."""
+        if setting == "auto":
+            return self.uses_device() and getattr(self.backend, "device", "cpu") == "cuda"
+        return setting.startswith("separate")
 
     def image_size(self, source: ImageSource) -> tuple[int, int]:
         """(width, height) of the class map (``geometry.Frame.map_size``: ceil, every full-resolution pixel
@@ -213,8 +226,7 @@ class Predictor:
                 if not xs:
                     return []
                 if children is not None:
-                    block, offsets = children.read(xs, y, _numpy_buffer)
-                    return [np.ascontiguousarray(block[:, c: c + t]) for c in offsets]
+                    return tiles_of(*children.read(xs, y, _numpy_buffer), t)
                 return read_raw_row(source, pre, ds, xs, y, t)
 
         def strip(until: int) -> Strip | None:
@@ -336,9 +348,7 @@ class Predictor:
     def _row_readers_for(self, source: ImageSource, pre: Any, downsample: float, tile: int) -> Any:
         """``read_process.RowReaders`` for this image where ``row_readers`` asks for them (``auto``: on the device
         path on a CUDA GPU) and a child can open the image; None for threads of this process."""
-        mode = self.row_readers
-        if mode == "same_process" or (mode == "auto" and not (
-                self.uses_device() and getattr(self.backend, "device", "cpu") == "cuda")):
+        if not self.in_children(self.row_readers):
             return None
         from .read_process import RowReaders, readable_in_children
 

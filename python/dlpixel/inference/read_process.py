@@ -11,7 +11,6 @@ Only file images can be read this way; QuPath's image servers live in this proce
 
 from __future__ import annotations
 
-import itertools
 import os
 import pickle
 import queue
@@ -26,7 +25,6 @@ from ..data.preprocessing import Preprocessing
 from ..runtime.children import START_TIMEOUT_S, Child, ChildError, ChildPool, error_info, incoming
 
 _pool = ChildPool("dlpixel.inference.read_process", keep=8, setting="row_readers")
-_keys = itertools.count()
 
 
 def readable_in_children(source: ImageSource) -> bool:
@@ -52,7 +50,6 @@ class RowReaders:
     def __init__(self, source: ImageSource, pre: Preprocessing, downsample: float, tile: int, n: int) -> None:
         self._free: queue.SimpleQueue[Child] = queue.SimpleQueue()
         self._all: list[Child] = []
-        key = next(_keys)
         _pool.keep = max(_pool.keep, n)  # kept for the next image
         try:
             for _ in range(n):
@@ -63,7 +60,7 @@ class RowReaders:
         # The source crosses pickled apart, so that a file the child cannot open is its error, not its end.
         recipe = pickle.dumps(source)
         for child in self._all:  # every child opens the file at once
-            child.send.send(("open", key, recipe, pre, downsample, tile))
+            child.send.send(("open", recipe, pre, downsample, tile))
         failure: BaseException | None = None
         for child in list(self._all):  # every answer is read, so no child is left with one pending
             try:
@@ -94,7 +91,7 @@ class RowReaders:
             shape, dtype, offsets = child.ask(("read", list(xs), y))
             state = "receiving"  # until the whole block has crossed, a failure leaves bytes in the pipe
             buffer, view = allocate(tuple(shape), np.dtype(dtype))
-            child.read_into(memoryview(view).cast("B"))
+            child.read_into(view)
             state = "done"
             return buffer, offsets
         except Exception as err:
@@ -128,7 +125,7 @@ def serve(commands: Connection, answers: Connection) -> None:
                     if current is not None:
                         current[0].close()
                     current = None
-                    _, _key, recipe, pre, downsample, tile = message
+                    _, recipe, pre, downsample, tile = message
                     current = (pickle.loads(recipe), pre, downsample, tile)
                     answers.send(("ok", None))
                     continue

@@ -50,7 +50,11 @@ def read_raw_block(source: ImageSource, pre: Preprocessing, downsample: float, x
 def read_raw_row(source: ImageSource, pre: Preprocessing, downsample: float, xs: Sequence[int], y: int,
                  size: int) -> list[np.ndarray]:
     """The tiles of ``read_raw_block``, each its own (size, size, n_inputs) array."""
-    block, offsets = read_raw_block(source, pre, downsample, xs, y, size)
+    return tiles_of(*read_raw_block(source, pre, downsample, xs, y, size), size)
+
+
+def tiles_of(block: np.ndarray, offsets: Sequence[int], size: int) -> list[np.ndarray]:
+    """The tiles (size, size, n_inputs) starting at columns ``offsets`` of a row's block, each its own array."""
     return [np.ascontiguousarray(block[:, c: c + size]) for c in offsets]
 
 

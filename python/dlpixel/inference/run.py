@@ -186,31 +186,19 @@ def apply_classifier(
 def _prestart_children(cfg: InferenceConfig) -> None:
     """Start the child processes that ``row_readers`` and ``map_writer`` may use, before the model is loaded (what
     ``auto`` gives is known only then: on a CPU the children then stay idle until the run ends)."""
-    import os
-
     from ..runtime.device import surely_cpu
+    from .predictor import readers_for
 
     gpu_likely = cfg.device in ("auto", "cuda") and not surely_cpu()
     if cfg.row_readers == "separate_processes" or (cfg.row_readers == "auto" and gpu_likely):
-        from .predictor import AUTO_READERS_CPU, AUTO_READERS_GPU
         from .read_process import prestart
 
-        n = cfg.reader_threads if cfg.reader_threads != "auto" else max(
-            AUTO_READERS_CPU, min(AUTO_READERS_GPU, (os.cpu_count() or 1) // 2))
-        prestart(int(n))
+        prestart(readers_for(cfg.reader_threads, device_path=True))
     if cfg.output in MAP_OUTPUTS and (cfg.map_writer == "separate_process" or (cfg.map_writer == "auto"
                                                                                 and gpu_likely)):
         from .map_process import prestart as prestart_writer
 
         prestart_writer()
-
-
-def separate_map_writer(cfg: InferenceConfig, predictor: Predictor) -> bool:
-    """Whether this run writes maps from a separate process: ``map_writer``, ``auto`` where the predictor blends
-    on a CUDA device."""
-    if cfg.map_writer == "auto":
-        return predictor.uses_device() and getattr(predictor.backend, "device", "cpu") == "cuda"
-    return cfg.map_writer == "separate_process"
 
 
 def _apply_image(
@@ -331,7 +319,7 @@ def _predict_plane(
         overlay = path.with_name(f"{map_stem(image.name)}.overlay.png") if cfg.output == "overlay" else None
         _check_project(project)  # the writer creates its folder: never the project's, should it have gone
         sink = open_map_writer(
-            separate_map_writer(cfg, predictor), path, grid.width, grid.height, 1 if classes else len(class_names),
+            predictor.in_children(cfg.map_writer), path, grid.width, grid.height, 1 if classes else len(class_names),
             pixel_size_um=pixel_size * ds if pixel_size else None,
             channel_names=["classes"] if classes else class_names,
             kind="classes" if classes else "probabilities",

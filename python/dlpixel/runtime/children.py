@@ -109,10 +109,11 @@ class Child:
             raise rebuild(value)
         return value
 
-    def read_into(self, buffer: memoryview) -> None:
-        """Fill ``buffer`` (bytes) with the raw bytes the child sends after an answer, straight from the pipe."""
+    def read_into(self, buffer: Any) -> None:
+        """Fill ``buffer`` (a C-contiguous array or other writable buffer) with the raw bytes the child sends after
+        an answer, straight from the pipe."""
         fd = self.recv.fileno()
-        view = buffer.cast("B") if buffer.format != "B" or buffer.ndim != 1 else buffer
+        view = memoryview(buffer).cast("B")
         done = 0
         while done < len(view):
             n = os.readv(fd, [view[done:]])

@@ -14,7 +14,7 @@ import queue
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -104,20 +104,16 @@ def run_ahead(items: Iterable[T], depth: int = 2, name: str = "dlpixel-ahead") -
         worker.join()
 
 
+_background: ThreadPoolExecutor | None = None
+
+
 def in_background(fn: Callable[..., T], *args: Any) -> Future[T]:
-    """``fn(*args)`` computed in a thread of its own; its result (or exception) in the future."""
-    future: Future[T] = Future()
-
-    def work() -> None:
-        if not future.set_running_or_notify_cancel():
-            return
-        try:
-            future.set_result(fn(*args))
-        except BaseException as err:  # noqa: BLE001 - handed to whoever asks for the result
-            future.set_exception(err)
-
-    threading.Thread(target=work, name=f"dlpixel-{getattr(fn, '__name__', 'work')}", daemon=True).start()
-    return future
+    """``fn(*args)`` computed in a background thread (one pool for the process); its result (or exception) in the
+    future."""
+    global _background
+    if _background is None:
+        _background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dlpixel-background")
+    return _background.submit(fn, *args)
 
 
 def resolved(value: T | Future[T]) -> T:
