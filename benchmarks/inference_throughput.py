@@ -1,7 +1,8 @@
 """Throughput of ``apply`` against the model alone, per tile size, batch size and backend: end-to-end tiles per
 second, model-only tiles per second on ready tensors (same device, batch and precision) and their ratio,
-``pipeline_efficiency`` (target: at least 0.9). Each configuration is one ``dlpixel.inference.bench.bench_inference`` call,
-which alternates the two measurements and keeps the best of each, so a busy machine slows both alike.
+``pipeline_efficiency`` (target: at least 0.9). Each configuration is one
+``dlpixel.inference.bench.bench_inference`` call, which alternates the two measurements and keeps the best of each,
+so a busy machine slows both alike.
 
     python benchmarks/inference_throughput.py
     python benchmarks/inference_throughput.py --configs 256x8 --backends onnx --json

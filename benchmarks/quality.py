@@ -267,12 +267,14 @@ def run(methods: list[str], seeds: list[int], epochs: int, images: list[str] | N
                                  "expected": v.get("expected_mean_iou"),
                                  "rf_held_out": (v.get("baseline") or {}).get("held_out_mean_iou"),
                                  "seconds": seconds, "apply_seconds": apply_seconds,
-                                 "image_px": f"{image.shape[1]}x{image.shape[0]}", "fraction_fg": float((pred[scored] == 1).mean()),
+                                 "image_px": f"{image.shape[1]}x{image.shape[0]}",
+                                 "fraction_fg": float((pred[scored] == 1).mean()),
                                  "true_fraction_fg": float(fg[scored].mean()), "labels": labels,
                                  "resolved": meta.architecture})
                     r = rows[-1]
                     print(f"{name:15s} seed {seed} {method:9s} ({meta.architecture}) true IoU bg {r['iou_bg']:.3f} "
-                          f"fg {r['iou_fg']:.3f} mean {r['miou']:.3f} | forest fg {r['rf_fg']:.3f} mean {r['rf_miou']:.3f} | reported "
+                          f"fg {r['iou_fg']:.3f} mean {r['miou']:.3f} | forest fg {r['rf_fg']:.3f} "
+                          f"mean {r['rf_miou']:.3f} | reported "
                           f"{r['reported']:.3f} (held-out {r['held_out']} {r['ci']}, expected {r['expected']}, "
                           f"forest held-out {r['rf_held_out']}) | train {seconds:.1f} s, apply {apply_seconds:.1f} s "
                           f"({r['image_px']})", flush=True)

@@ -147,7 +147,8 @@ def test_unwritable_output_folder_is_one_line_error_before_computing(threshold_p
     (folder / "results").write_text("a file where the results folder would go")
     tiles = []
     with pytest.raises(DlpixelError) as err:
-        apply_classifier(open_project(folder), "threshold", InferenceConfig(output=output, scope="image" if output == "map" else "annotations"),
+        cfg = InferenceConfig(output=output, scope="image" if output == "map" else "annotations")
+        apply_classifier(open_project(folder), "threshold", cfg,
                          listeners=[lambda e: tiles.append(e) if e["event"] == "tiles" else None])
     message = str(err.value)
     assert "\n" not in message

@@ -79,7 +79,7 @@ def _images(p: dict) -> dict:
 def test_results_are_merged_into_qupath_once(qupath_project, capsys):
     p = qupath_project
     assert _batch(p) == 0
-    for i, (name, image) in enumerate(_images(p).items()):
+    for i, image in enumerate(_images(p).values()):
         (region,) = image.annotations()
         truth = int((_centres(_disk(i)) & _centres(REGION)).sum())
         assert region.measurements["threshold: Positive area px^2"] == truth

@@ -17,6 +17,7 @@ from dlpixel.inference.predictor import Predictor
 from dlpixel.inference.reading import normalize_raw, read_raw_block, read_raw_row
 from dlpixel.projects import open_project
 from dlpixel.runtime.device import autocast_dtype, precision_name
+from pydantic import ValidationError
 
 STRATEGIES = ["percentile_99", "min_max", "z_score", "fixed_range"]
 
@@ -184,8 +185,8 @@ def test_device_strips_without_probabilities_carry_only_classes(known):
     backend = TorchBackend(_Pointwise(1), "cpu", "fp32")
     strips = _run(meta, folder, backend, True, 8, probabilities=False)
     assert strips and all(s.classes().shape[1] == 320 for s in strips)
-    with pytest.raises(RuntimeError):
-        strips[0].probabilities
+    with pytest.raises(RuntimeError, match="without probabilities"):
+        _ = strips[0].probabilities
 
 
 def test_precision_setting_and_old_metadata():
@@ -193,7 +194,7 @@ def test_precision_setting_and_old_metadata():
     assert TrainingConfig.model_validate({"mixed_precision": True}).precision == "bf16"
     assert "mixed_precision" not in TrainingConfig().model_dump()
     assert InferenceConfig(precision="fp16").precision == "fp16"
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="precision"):
         InferenceConfig(precision="fp8")
     cpu = torch.device("cpu")
     assert autocast_dtype(cpu, "bf16") is None and precision_name(autocast_dtype(cpu, "fp16")) == "fp32"

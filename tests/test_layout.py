@@ -48,7 +48,7 @@ def _imports(mods: dict[str, tuple[Path, bool]]) -> list[tuple[str, str, bool]]:
         tree = ast.parse(path.read_text())
         top_level = {id(n) for n in tree.body}
 
-        def visit(node: ast.AST) -> None:
+        def visit(node: ast.AST, package: str = package, name: str = name, top_level: set = top_level) -> None:
             for child in ast.iter_child_nodes(node):
                 if isinstance(child, ast.If) and _is_type_checking(child):
                     continue

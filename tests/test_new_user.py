@@ -11,7 +11,6 @@ from conftest import CLASSES, strokes_from_truth, synthetic_image, write_folder_
 from dlpixel.classifiers import store
 from dlpixel.cli.main import main
 
-
 FAST = ["--set", "method=unet",
         "--set", "backbone=efficientnet-lite0", "--set", "tile_size=64", "--set", "batch_size=4", "--quiet"]
 
@@ -406,9 +405,8 @@ def test_images_details_of_a_folder_project(tiny, tmp_path, capsys):
 def test_init_weights_from_starts_the_model_from_another_classifier(tiny, monkeypatch, capsys):
     """--init-weights-from: the model starts from the classifier's trained weights (all of them with the same
     classes; all but the output layer with other classes); another backbone is refused before any tile is read."""
-    import torch
-
     import dlpixel.training.trainer as trainer
+    import torch
 
     start = {}
     real = trainer.fit

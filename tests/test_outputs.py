@@ -197,7 +197,8 @@ def test_objects_match_the_shapes_for_every_class() -> None:
     rect = max(classes["Rect"], key=lambda o: o.geometry.area).geometry
     x0, y0, x1, y1 = RECT
     hx0, hy0, hx1, hy1 = HOLE
-    assert rect.equals(shapely.Polygon(shapely.box(x0, y0, x1, y1).exterior, [shapely.box(hx0, hy0, hx1, hy1).exterior]))
+    hole = shapely.box(hx0, hy0, hx1, hy1).exterior
+    assert rect.equals(shapely.Polygon(shapely.box(x0, y0, x1, y1).exterior, [hole]))
     assert len(classes["Rect"]) == 2 and min(o.geometry.area for o in classes["Rect"]) == 4
     (cx, cy), r = DISK
     assert iou(classes["Disk"][0].geometry, shapely.Point(cx, cy).buffer(r, quad_segs=64)) >= 0.99

@@ -6,7 +6,6 @@ import threading
 import time
 
 import pytest
-
 from dlpixel.errors import Cancelled
 from dlpixel.runtime.pipeline import run_ahead
 

@@ -481,7 +481,6 @@ def test_registered_bridge_called_from_java(project_dir, monkeypatch):
 
 def test_launch_gui_without_gui_classes(qupath_dir, runtime):
     import jpype
-
     from dlpixel.qupath.bridge import launch_gui
 
     try:

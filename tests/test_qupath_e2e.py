@@ -4,7 +4,6 @@ train from its annotations, apply back as objects, measurements and maps, rerun,
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 

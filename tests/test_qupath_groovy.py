@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import shapely
-
 from dlpixel.config import TrainingConfig
 from dlpixel.data.base import LabelShape
 from dlpixel.qupath.install import groovy_source_dir
@@ -100,7 +99,8 @@ def test_requests_from_the_dialogs(shell):
             train: train, reordered: reordered.settings.channels, apply: apply, loaded: loaded,
             errors: [
                 errorOf { Logic.trainRequest(state + [name: 'bad name']) },
-                errorOf { Logic.trainRequest(state + [classes: classes.collect { it + [selected: it.name == 'Tumor'] }]) },
+                errorOf { Logic.trainRequest(state + [classes: classes.collect {
+                    it + [selected: it.name == 'Tumor'] }]) },
                 errorOf { Logic.trainRequest(state + [classes: [classes[0] + [weight: '-1'], classes[1]]]) },
                 errorOf { Logic.trainRequest(state + [channels: channels.collect { it + [selected: false] }]) },
                 errorOf { Logic.applyRequest([classifier: 'T_1', output: 'pixels']) },
@@ -173,7 +173,8 @@ def test_progress_follows_the_event_stream_and_cancel_has_two_steps(shell):
 
 @pytest.fixture()
 def project(tmp_path, shell):
-    """A QuPath project: an annotated RGB image (Nucleus, Fibre, Background strokes) and an image with no annotations."""
+    """A QuPath project: an annotated RGB image (Nucleus, Fibre, Background strokes) and an image with no
+    annotations."""
     from dlpixel.qupath.project import create_qupath_project
 
     img, truth = synthetic_image(128, seed=3)
@@ -207,7 +208,6 @@ def test_helper_in_the_script_editor_reports_progress_and_stops_on_cancel(shell,
     """As QuPath runs a script: QP's project and image set on the thread, the bridge registered in the JVM. A train
     request sends epoch events back; raising the cancel flag at the first epoch stops the run there."""
     import jpype
-
     from dlpixel.qupath.bridge import BRIDGE_PROPERTY, register_bridge
     from dlpixel.qupath.project import open_qupath_project
 
@@ -229,7 +229,9 @@ def test_helper_in_the_script_editor_reports_progress_and_stops_on_cancel(shell,
                 try {
                     result = DLPixel.request([action: 'train', name: 'InQuPath', images: ['a.tif'],
                                               settings: new groovy.json.JsonSlurper().parseText(settings)], null,
-                                             { Map e -> events << e.event; if (e.event == 'epoch') cancel.incrementAndGet() },
+                                             { Map e ->
+                                                 events << e.event
+                                                 if (e.event == 'epoch') cancel.incrementAndGet() },
                                              cancel)
                 } catch (RuntimeException e) {
                     error = e.message

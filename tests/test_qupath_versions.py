@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from qupath_kit import QUPATH_MODULES, REPO, kits, qupath_home, version_of
 
 OTHERS = [k for k in kits() if qupath_home() is None or k.resolve() != qupath_home().resolve()]

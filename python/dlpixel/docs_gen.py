@@ -135,7 +135,8 @@ GUIDANCE: dict[str, str] = {
     "normalization.min": "E.g. 0 for 12-bit data.",
     "normalization.max": "E.g. 4095 for 12-bit data, 255 for 8-bit.",
     "seed": "Change it to see how much results vary from run to run.",
-    "num_workers": "auto is measured: on an H100 with 16 cores, 4 workers took the training loop from 0.43 to 0.77 of the step alone.",
+    "num_workers": "auto is measured: on an H100 with 16 cores, 4 workers took the training loop from 0.43 to 0.77 "
+                   "of the step alone.",
     "device": "Leave `auto` unless you need to keep a GPU free.",
     # inference
     "inference.output": "`measurements` to quantify regions, `objects` to see and count regions in QuPath, `map` for "
@@ -207,7 +208,8 @@ them: [TRAINING.md](TRAINING.md); what to change when results are poor: [BEST_PR
 INFERENCE_INTRO = """\
 Settings of `dlpixel apply` (and of `DLPixel.apply` in scripts): `--set key=value`, `--config FILE`, or the
 dedicated flags (`--output`, `--scope`, `--tile-size`, `--overlap`, `--batch-size`, `--device`, `--backend`,
-`--object-type`, `--min-object-area`, `--min-hole-area`, `--simplify`), which win over both. See [INFERENCE.md](INFERENCE.md).
+`--object-type`, `--min-object-area`, `--min-hole-area`, `--simplify`), which win over both. \
+See [INFERENCE.md](INFERENCE.md).
 """
 
 
@@ -289,7 +291,8 @@ def settings(model: type[BaseModel], sections: tuple[tuple[str, tuple[str, ...]]
 def _table(model: type[BaseModel], sections: tuple[tuple[str, tuple[str, ...]], ...], doc_prefix: str) -> list[str]:
     out: list[str] = []
     for title, rows in settings(model, sections, doc_prefix):
-        out += [f"### {title}", "", "| setting | default | allowed | what it does | guidance |", "|---|---|---|---|---|"]
+        out += [f"### {title}", "", "| setting | default | allowed | what it does | guidance |",
+                "|---|---|---|---|---|"]
         for key, doc_key, annotation, default, description in rows:
             out.append(f"| `{key}` | {_show(default)} | {_cell(_allowed(doc_key, annotation))} | "
                        f"{_cell(description)} | {_cell(GUIDANCE.get(doc_key, ''))} |")

@@ -39,7 +39,8 @@ def check_onnx(path: Path, n_channels: int, n_classes: int, tile_size: int) -> N
         )
     for axis, name in ((2, "height"), (3, "width")):
         if declared[axis] is not None and declared[axis] != tile_size:
-            raise ClassifierError(f"{path}: input {name} is fixed at {declared[axis]}; use --tile-size {declared[axis]}")
+            raise ClassifierError(f"{path}: input {name} is fixed at {declared[axis]}; "
+                                  f"use --tile-size {declared[axis]}")
     try:
         out = OnnxSession(path, providers=["CPUExecutionProvider"]).run(
             np.zeros((1, n_channels, tile_size, tile_size), np.float32))

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import _thread
 import argparse
-import re
 import os
+import re
 import signal
 import sys
 import threading

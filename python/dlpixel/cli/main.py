@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
+
 if TYPE_CHECKING:  # imported where used: ``dlpixel --help`` loads neither pydantic models nor numpy
     from ..classifiers import store
     from ..config import TrainingConfig

@@ -211,9 +211,9 @@ class TrainingConfig(_Settings):
     num_workers: int | Literal["auto"] = "auto"
     """DataLoader worker processes (augmentation and batching beside the training steps). ``auto``: none on a CPU
     (patches are cached in memory, and workers would take cores from the model); on a CUDA GPU none when the patch
-    cache fits on the GPU (batches are then gathered, turned and normalised there: ``training.batches.DeviceCache``), else up
-    to 4 persistent workers (one core left for the training loop); none inside QuPath (workers are spawned there,
-    with a copy of the patch cache each, rather than forked from its Java VM)."""
+    cache fits on the GPU (batches are then gathered, turned and normalised there: ``training.batches.DeviceCache``),
+    else up to 4 persistent workers (one core left for the training loop); none inside QuPath (workers are spawned
+    there, with a copy of the patch cache each, rather than forked from its Java VM)."""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
     @model_validator(mode="before")

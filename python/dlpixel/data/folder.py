@@ -123,7 +123,8 @@ class FolderImage:
                 for a in annotations
             ]
             written.append(write_geojson(out / f"{self.stem}.annotations.geojson", merged, "annotation"))
-            written.append(write_text_atomic(out / f"{self.stem}.measurements.csv", _csv(self.name, annotations, measurements)))
+            table = _csv(self.name, annotations, measurements)
+            written.append(write_text_atomic(out / f"{self.stem}.measurements.csv", table))
         return written
 
     def __repr__(self) -> str:

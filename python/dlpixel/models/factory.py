@@ -32,15 +32,15 @@ from ._torchvision_compat import ensure_torchvision_importable
 
 ensure_torchvision_importable()  # before segmentation_models_pytorch imports torchvision
 
-import segmentation_models_pytorch as smp  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from segmentation_models_pytorch.encoders.efficientnet import EfficientNetEncoder  # noqa: E402
-from segmentation_models_pytorch.encoders.mobilenet import MobileNetV2Encoder  # noqa: E402
-from segmentation_models_pytorch.encoders.resnet import ResNetEncoder  # noqa: E402
-from segmentation_models_pytorch.encoders.timm_efficientnet import EfficientNetBaseEncoder  # noqa: E402
-from timm.models import adapt_input_conv  # noqa: E402
-from torch import nn  # noqa: E402
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+from segmentation_models_pytorch.encoders.efficientnet import EfficientNetEncoder
+from segmentation_models_pytorch.encoders.mobilenet import MobileNetV2Encoder
+from segmentation_models_pytorch.encoders.resnet import ResNetEncoder
+from segmentation_models_pytorch.encoders.timm_efficientnet import EfficientNetBaseEncoder
+from timm.models import adapt_input_conv
+from torch import nn
 
 from ..config import BACKBONES, ENCODER_BLOCKS, Freeze
 from ..errors import ConfigError

@@ -10,9 +10,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 

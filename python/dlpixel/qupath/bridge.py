@@ -160,7 +160,8 @@ def _python_value(value: Any) -> Any:
 
 def context_to_python(jmap: Any) -> dict:
     """The Java context map as a dict: strings and numbers as Python values, ``project`` as a QuPathProject (also
-    under ``project_object``, where dlpixel.requests looks for a live project), ``imageData`` as a live QuPathImage, ``selected`` (path objects) as LabelShapes; other values stay Java objects."""
+    under ``project_object``, where dlpixel.requests looks for a live project), ``imageData`` as a live
+    QuPathImage, ``selected`` (path objects) as LabelShapes; other values stay Java objects."""
     if jmap is None:
         return {}
     if isinstance(jmap, dict):

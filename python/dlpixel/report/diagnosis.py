@@ -75,7 +75,8 @@ def _overfitting(train: np.ndarray, val: np.ndarray, cfg: TrainingConfig, frozen
     advice = ["Give the model more examples: annotate more regions, or train on more images."]
     if len(frozen) < 4:
         now = f"{len(frozen)} encoder blocks are frozen" if frozen else "no encoder block is frozen"
-        advice.append(f"Freeze more of the encoder ({now}): --set freeze=medium or freeze=small (small freezes the most).")
+        advice.append(f"Freeze more of the encoder ({now}): --set freeze=medium or freeze=small "
+                      "(small freezes the most).")
     off = [k for k in ("color_jitter", "elastic") if not getattr(cfg.augment, k)]
     if off:
         advice.append("Turn on more augmentation: " + ", ".join(f"--set augment.{k}=true" for k in off) + ".")
@@ -155,7 +156,8 @@ def _underfitting(train: np.ndarray, val: np.ndarray, mean_iou: np.ndarray, cfg:
     advice = [f"Train longer (epochs is {cfg.epochs})"
               + (f" or with a larger backbone ({larger} instead of {cfg.backbone})." if larger else ".")]
     if frozen:
-        advice.append(f"Unfreeze encoder blocks ({', '.join(frozen)} frozen): --set freeze=large (stem only) or freeze=none.")
+        advice.append(f"Unfreeze encoder blocks ({', '.join(frozen)} frozen): --set freeze=large (stem only) "
+                      "or freeze=none.")
     if cfg.tile_overlap > 0:
         advice.append(f"Lower tile_overlap (now {cfg.tile_overlap:g}%) if many tiles are near copies.")
     advice.append("Check the annotations: classes that overlap or are drawn inconsistently cannot be learned.")

@@ -64,7 +64,8 @@ class Grid:
     def ys(self) -> list[int]:
         return axis_positions(self.height, self.tile, self.stride)
 
-    def rows(self, y0: int = 0, y1: int | None = None, x0: int = 0, x1: int | None = None) -> list[tuple[int, list[int]]]:
+    def rows(self, y0: int = 0, y1: int | None = None, x0: int = 0,
+             x1: int | None = None) -> list[tuple[int, list[int]]]:
         """Tile rows (y, [x, …]) whose tiles touch the window [x0, x1) × [y0, y1)."""
         y1 = self.height if y1 is None else y1
         x1 = self.width if x1 is None else x1

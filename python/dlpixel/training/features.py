@@ -4,8 +4,9 @@ Steps: hold out whole annotation objects (``training.objects``); compute the fil
 standardise the features of the training pixels and fit the linear head (class-weighted cross-entropy, AdamW,
 full batch); shift its output bias so that it predicts the class prior of the annotated images rather than the
 one its weighted loss implies (``correct_prior``, EM over the unlabelled pixels); score the held-out objects
-(confusion per object, bootstrap interval over objects); compute the label-free expected IoU and the fraction of each class over every cached tile; fit the random-forest baseline
-on the same training objects and score it on the same held-out objects. Seconds on a CPU for a megapixel.
+(confusion per object, bootstrap interval over objects); compute the label-free expected IoU and the fraction of
+each class over every cached tile; fit the random-forest baseline on the same training objects and score it on the
+same held-out objects. Seconds on a CPU for a megapixel.
 """
 
 from __future__ import annotations
@@ -208,7 +209,7 @@ def fit_features(cache: PatchCache, shapes_per_image: list, classes: list[str], 
     model = FeaturesNet(cache.input(0).shape[0] if len(cache) else 1, n_classes).eval()
     size = cache.masks.shape[-1] if len(cache) else cfg.tile_size
     train_masks, held_masks, features = [], [], []
-    for t_index, tile in enumerate(cache.tiles):
+    for tile in cache.tiles:
         cancel.check()
         train, held = objects.object_masks(shapes_per_image[tile.image], split, tile.image, class_index, tile.x,
                                            tile.y, ds, (size, size), stroke_px, first_id[tile.image])

@@ -202,7 +202,8 @@ class ExpectedIoU:
 
 def held_out_confusions(pred: np.ndarray, held: np.ndarray, val_class: Sequence[int], n_classes: int,
                         out: np.ndarray) -> None:
-    """Add the predicted classes (H, W) of each held-out object's pixels (``held`` ids, 255 none) to ``out`` (M, K, K)."""
+    """Add the predicted classes (H, W) of each held-out object's pixels (``held`` ids, 255 none) to ``out``
+    (M, K, K)."""
     ids = held.reshape(-1)
     mask = ids != UNLABELLED
     if not mask.any():
