@@ -198,3 +198,30 @@ def test_without_children_rows_are_read_in_this_process_with_a_warning(tmp_path:
     assert sum(s.classes().shape[0] for s in strips) == 200
     assert any("reading rows in this process instead" in str(e.get("message", "")) for e in events)
 
+
+
+def _on_cuda() -> TorchBackend:
+    """A CPU backend that says it runs on CUDA: only ``Predictor``'s choices read ``device``."""
+    backend = TorchBackend(_Pointwise(), "cpu", "fp32")
+    backend.device = "cuda"
+    return backend
+
+
+@pytest.mark.parametrize("cores", [2, 16, 64])
+def test_auto_puts_rows_and_map_in_children_only_on_the_cuda_device_path(monkeypatch, cores: int) -> None:
+    from dlpixel.inference.predictor import AUTO_READERS_CPU, AUTO_READERS_GPU, readers_for
+
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    meta = _meta([0, 1, 2])
+    cuda = Predictor(_on_cuda(), meta, 64, 16)
+    cpu = Predictor(TorchBackend(_Pointwise(), "cpu", "fp32"), meta, 64, 16)
+    assert cuda.uses_device() and not cpu.uses_device()
+    assert cuda.in_children("auto") and not cpu.in_children("auto")
+    host_on_cuda = Predictor(_on_cuda(), meta, 64, 16, on_device=False)
+    assert not host_on_cuda.in_children("auto")  # numpy blending: nothing to feed a launching thread
+    for p in (cuda, cpu):
+        assert p.in_children("separate_processes") and p.in_children("separate_process")
+        assert not p.in_children("same_process")
+    assert cpu.reader_threads == AUTO_READERS_CPU == readers_for("auto", False)
+    assert cuda.reader_threads == max(AUTO_READERS_CPU, min(AUTO_READERS_GPU, cores // 2))
+    assert Predictor(_on_cuda(), meta, 64, 16, reader_threads=5).reader_threads == 5
