@@ -16,6 +16,7 @@ from dlpixel.projects import open_project
 from dlpixel.training.features import MAX_TRAIN_PIXELS
 from dlpixel.training.method import choose_method, labelled_pixels
 from dlpixel.training.run import train_classifier
+from pydantic import ValidationError
 from shapely.geometry import mapping
 
 CLASSES = ["Background", "Object"]
@@ -94,7 +95,7 @@ def test_auto_is_the_default_everywhere_settings_are_read(tmp_path, capsys):
         main(["train", "--help"])
     assert f"at most {AUTO_UNET_PIXELS:,} pixels" in " ".join(capsys.readouterr().out.split())
     assert f"{AUTO_UNET_PIXELS:,} pixels" in TrainingConfig.model_fields["method"].description
-    with pytest.raises(Exception, match="method"):
+    with pytest.raises(ValidationError, match="method"):
         TrainingConfig(method="forest")
 
 
