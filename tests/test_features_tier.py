@@ -20,6 +20,7 @@ from dlpixel.training.run import train_classifier
 
 # --- input normalisation of pretrained weights --------------------------------------------------------------
 
+
 def test_each_weight_set_carries_its_input_normalisation() -> None:
     from dlpixel.config import BACKBONES
     from dlpixel.models.pretrained import input_normalisation, weight_spec

@@ -161,7 +161,6 @@ def test_when_the_caller_dies_the_child_removes_its_spool_and_exits(tmp_path: Pa
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
-
 def test_a_program_embedding_python_is_never_started_as_a_child(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(children.sys, "executable", "/opt/QuPath/bin/QuPath")
     with pytest.raises(children.ChildError, match="no Python interpreter"):

@@ -199,7 +199,6 @@ def test_without_children_rows_are_read_in_this_process_with_a_warning(tmp_path:
     assert any("reading rows in this process instead" in str(e.get("message", "")) for e in events)
 
 
-
 def _on_cuda() -> TorchBackend:
     """A CPU backend that says it runs on CUDA: only ``Predictor``'s choices read ``device``."""
     backend = TorchBackend(_Pointwise(), "cpu", "fp32")

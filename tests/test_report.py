@@ -307,7 +307,6 @@ def test_samples_show_unlabelled_pixels_transparent(tmp_path):
         assert im.mode == "L" and im.size == (40, 40)
 
 
-
 def test_advice_with_a_class_name_with_spaces_is_quoted_for_a_shell_and_parses_back():
     import shlex
 

@@ -297,7 +297,6 @@ def _raw_tile(source: ImageSource, pre: Preprocessing, downsample: float, x: flo
     return read_raw_tile(source, pre, downsample, x, y, size)
 
 
-
 def extract_patches(
     sources: Sequence[ImageSource],
     shapes_per_image: Sequence[Sequence[LabelShape]],

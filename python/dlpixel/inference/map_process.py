@@ -135,7 +135,6 @@ class MapWriterProcess(ClosedOnExit):
             _pool.give_back(child)
 
 
-
 def open_map_writer(separate_process: bool, path: str | Path, width: int, height: int, channels: int,
                     **options: Any) -> Any:
     """A ``MapWriterProcess`` when ``separate_process`` (``ClassMapWriter`` in this process where the child

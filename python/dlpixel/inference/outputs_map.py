@@ -457,7 +457,6 @@ class ClassMapWriter(ClosedOnExit):
         self._release()
 
 
-
 def default_colors(n: int) -> list[tuple[int, int, int]]:
     """Distinct colours for ``n`` classes when the classifier has none; class i gets the same colour whatever n."""
     hues = (np.arange(n) * 0.618034 % 1.0 * 180).astype(np.uint8)

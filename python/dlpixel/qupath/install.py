@@ -25,7 +25,6 @@ HOME_MARKER = "@DLPIXEL_HOME@"
 """Stands in the shipped menu script for the folder it is installed into; the installer writes the real path."""
 
 
-
 def groovy_source_dir() -> Path:
     """The Groovy files that ship with dlpixel: package data when installed, the repository's ``groovy/`` else."""
     packaged = resources.files("dlpixel") / "groovy"

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from ..data.patches import PatchCache
     from .trainer import FitResult
 
+
 @dataclass
 class TrainingData:
     """The images chosen for training, opened, with their classified annotations."""
